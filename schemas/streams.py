@@ -1,0 +1,48 @@
+"""Stream names and which message types each stream carries."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, get_args
+
+PREFIX = "flowact"
+SESSIONS_STREAM = f"{PREFIX}:sessions"
+
+StreamKind = Literal["audio", "behavior", "control", "video", "events"]
+STREAM_KINDS: tuple[StreamKind, ...] = get_args(StreamKind)
+
+# Message `type`s a stream accepts, and the type assumed when an entry names none (so a person
+# can type `XADD flowact:demo:behavior '*' text "waves"` without a type field).
+ACCEPTS: dict[str, frozenset[str]] = {
+    "audio": frozenset({"audio"}),
+    "behavior": frozenset({"behavior"}),
+    "control": frozenset({"start", "stop", "interrupt", "configure"}),
+    "video": frozenset({"video"}),
+    "events": frozenset({"state", "utterance", "error", "transcript"}),
+    "sessions": frozenset({"session"}),
+}
+DEFAULT_TYPE: dict[str, str] = {
+    "audio": "audio",
+    "behavior": "behavior",
+    "video": "video",
+    "sessions": "session",
+}
+
+_SESSION_STREAM = re.compile(rf"^{PREFIX}:(?P<sid>[\w.-]+):(?P<kind>{'|'.join(STREAM_KINDS)})$")
+
+
+def stream_name(session: str, kind: StreamKind) -> str:
+    """`flowact:{session}:{kind}`."""
+    if kind not in STREAM_KINDS:
+        raise ValueError(f"unknown stream kind {kind!r}; one of {STREAM_KINDS}")
+    return f"{PREFIX}:{session}:{kind}"
+
+
+def parse_stream(stream: str) -> tuple[str | None, str]:
+    """(session, kind) of a stream name; the sessions stream has no session."""
+    if stream == SESSIONS_STREAM:
+        return None, "sessions"
+    match = _SESSION_STREAM.match(stream)
+    if match is None:
+        raise ValueError(f"{stream!r} is not a FlowAct stream (flowact:<session>:<kind>)")
+    return match["sid"], match["kind"]
