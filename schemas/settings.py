@@ -83,7 +83,9 @@ class BusSettings(Settings):
     section: ClassVar[str] = "bus"
     model_config = SettingsConfigDict(env_prefix="FLOWACT_BUS_")
 
-    url: str = Field(default="memory://", description="memory://[name] or redis://host:port/db")
+    url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="redis://host:port/db or memory://[name]"
+    )
     block_ms: int = Field(default=1000, gt=0, description="XREADGROUP BLOCK time")
     max_deliveries: int = Field(default=5, gt=0, description="deliveries before dead-lettering")
     claim_idle_ms: int = Field(default=30_000, gt=0, description="idle time before reclaiming")

@@ -21,6 +21,8 @@ ACCEPTS: dict[str, frozenset[str]] = {
     "events": frozenset({"state", "utterance", "error", "transcript"}),
     "sessions": frozenset({"session"}),
 }
+# The stream kind each message type travels on.
+KIND_OF_TYPE: dict[str, str] = {t: kind for kind, types in ACCEPTS.items() for t in types}
 DEFAULT_TYPE: dict[str, str] = {
     "audio": "audio",
     "behavior": "behavior",
@@ -36,6 +38,14 @@ def stream_name(session: str, kind: StreamKind) -> str:
     if kind not in STREAM_KINDS:
         raise ValueError(f"unknown stream kind {kind!r}; one of {STREAM_KINDS}")
     return f"{PREFIX}:{session}:{kind}"
+
+
+def stream_for(session: str, message_type: str) -> str:
+    """The stream a message of `message_type` travels on for `session`."""
+    kind = KIND_OF_TYPE.get(message_type)
+    if kind is None:
+        raise ValueError(f"no stream carries messages of type {message_type!r}")
+    return SESSIONS_STREAM if kind == "sessions" else stream_name(session, kind)  # type: ignore[arg-type]
 
 
 def parse_stream(stream: str) -> tuple[str | None, str]:

@@ -25,7 +25,7 @@ def test_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert bus.block_ms == 300 and bus.url.endswith("/2")
     assert BusSettings.load(config, url="memory://x", block_ms=None).url == "memory://x"
     assert LogSettings.load(config).format == "json"
-    assert BusSettings.load().url == "memory://"
+    assert BusSettings.load().url == "redis://127.0.0.1:6379/0"
 
 
 def test_settings_reject_unknown_keys(tmp_path: Path) -> None:
