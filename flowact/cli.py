@@ -1,13 +1,164 @@
-"""The `flowact` command line."""
+"""The `flowact` command line: settings in, components wired, nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
-app = typer.Typer(help="FlowAct: real-time interactive avatars.", no_args_is_help=True)
+from flowact.logs import configure_logging
+from flowact.schemas.messages import Channel, Overlap
+from flowact.schemas.settings import BusSettings, LogSettings
+
+app = typer.Typer(
+    help="FlowAct: real-time interactive avatars over a Redis Streams bus.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+BusOption = Annotated[
+    Optional[str],  # noqa: UP045 (typer reads the annotation at run time)
+    typer.Option("--bus", help="Bus URL: redis://host:port/db or memory:// [env: FLOWACT_BUS_URL]"),
+]
+
+
+class Context:
+    """What every command needs: the config file and the settings built from it."""
+
+    def __init__(self, config: Path | None) -> None:
+        self.config = config
+
+    def bus_settings(self, url: str | None) -> BusSettings:
+        return BusSettings.load(self.config, url=url)
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    config: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--config", "-c", envvar="FLOWACT_CONFIG", help="YAML config file."),
+    ] = None,
+    log_level: Annotated[
+        Optional[str], typer.Option(help="debug, info, warning or error.")  # noqa: UP045
+    ] = None,
+    log_format: Annotated[
+        Optional[str], typer.Option(help="console or json.")  # noqa: UP045
+    ] = None,
+) -> None:
+    """FlowAct: real-time interactive avatars."""
+    configure_logging(LogSettings.load(config, level=log_level, format=log_format))
+    ctx.obj = Context(config)
 
 
 @app.command()
-def version() -> None:
-    """Print the FlowAct version."""
-    from importlib.metadata import version as _version
+def inject(
+    ctx: typer.Context,
+    session: Annotated[str, typer.Argument(help="Session id.")],
+    text: Annotated[str, typer.Argument(help='Behavior, e.g. "waves with the right hand".')],
+    duration: Annotated[float, typer.Option(help="Seconds the behavior holds.")] = 2.0,
+    channel: Annotated[str, typer.Option(help="posture, gesture, face or gaze.")] = "gesture",
+    overlap: Annotated[str, typer.Option(help="replace or overlay.")] = "replace",
+    start: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(help="Start in seconds on the session clock (default: as soon as possible)."),
+    ] = None,
+    bus: BusOption = None,
+) -> None:
+    """Publish a BehaviorPrompt to a session."""
+    from pydantic import ValidationError
 
-    typer.echo(_version("flowact"))
+    from flowact.schemas.messages import BehaviorPrompt
+
+    try:
+        prompt = BehaviorPrompt(
+            text=text,
+            duration=duration,
+            start=start,
+            channel=_choice(channel, Channel),
+            overlap=_choice(overlap, Overlap),
+            source="cli",
+        )
+    except ValidationError as err:
+        raise typer.BadParameter(_first_error(err)) from None
+    entry_id = asyncio.run(_publish(ctx.obj.bus_settings(bus), session, prompt))
+    typer.echo(entry_id)
+
+
+@app.command()
+def tail(
+    ctx: typer.Context,
+    session: Annotated[str, typer.Argument(help="Session id.")],
+    from_start: Annotated[bool, typer.Option(help="Print the events already there too.")] = False,
+    bus: BusOption = None,
+) -> None:
+    """Print a session's events as they arrive, one JSON object a line (Ctrl-C ends)."""
+    try:
+        asyncio.run(_tail(ctx.obj.bus_settings(bus), session, "0" if from_start else "$"))
+    except KeyboardInterrupt:
+        pass
+
+
+@bench_app.command("bus")
+def bench_bus(
+    ctx: typer.Context,
+    bus: BusOption = None,
+    seconds: Annotated[float, typer.Option(help="Seconds per measurement.")] = 3.0,
+) -> None:
+    """Publish-to-handler latency and concurrent video sessions on a bus."""
+    from flowact.bus.bench import format_report, run_bench
+
+    settings = ctx.obj.bus_settings(bus)
+    typer.echo(format_report(asyncio.run(run_bench(settings.url, seconds=seconds))))
+
+
+async def _publish(settings: BusSettings, session: str, message) -> str:  # noqa: ANN001
+    from flowact.bus.registry import open_bus
+    from flowact.bus.typed import publish
+
+    bus = open_bus(settings.url)
+    try:
+        return await publish(bus, session, message)
+    finally:
+        await bus.close()
+
+
+async def _tail(settings: BusSettings, session: str, after: str) -> None:
+    from flowact.bus.registry import open_bus
+    from flowact.schemas import codec
+    from flowact.schemas.streams import stream_name
+
+    bus = open_bus(settings.url)
+    stream = stream_name(session, "events")
+    try:
+        while True:
+            for entry in await bus.read(stream, after, block_ms=settings.block_ms):
+                after = entry.id
+                try:
+                    line = codec.decode(entry.fields, stream).model_dump(mode="json")
+                except codec.MessageError as err:
+                    line = {"type": "invalid", "field": err.field, "reason": err.reason}
+                typer.echo(json.dumps({"id": entry.id, **line}))
+                sys.stdout.flush()
+    finally:
+        await bus.close()
+
+
+def _choice(value: str, literal: object) -> str:
+    allowed = getattr(literal, "__args__", ())
+    if value not in allowed:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def _first_error(err: Exception) -> str:
+    errors = err.errors()  # type: ignore[attr-defined]
+    first = errors[0]
+    where = ".".join(str(p) for p in first["loc"]) or "input"
+    return f"{where}: {first['msg']}"
