@@ -61,7 +61,8 @@ class StreamResampler:
         if count <= 0:
             return np.zeros(0, dtype=np.float32)
         if self.rate == self.target:
-            out = self._buf[:count].copy()
+            first = self.produced - self._buf_start
+            out = self._buf[first : first + count].copy()
         else:
             out = self._interpolate(self.produced + np.arange(count))
         self.produced += count

@@ -8,7 +8,7 @@ def test_s16_round_trip() -> None:
     assert np.allclose(pcm.s16_to_float(pcm.float_to_s16(x)), x, atol=1 / 32768)
 
 
-@pytest.mark.parametrize("rate", [22_050, 24_000, 48_000, 8_000])
+@pytest.mark.parametrize("rate", [16_000, 22_050, 24_000, 48_000, 8_000])
 def test_resample_keeps_a_tone_and_pieces_join(rate: int) -> None:
     seconds = 0.5
     t = np.arange(int(rate * seconds)) / rate
