@@ -8,6 +8,7 @@ its kernel needs, so pieces join exactly (no drift, no gaps, no clicks at the se
 from __future__ import annotations
 
 import numpy as np
+
 from flowact.schemas import timebase as tb
 
 _TAPS = 16  # half-width of the windowed-sinc kernel, in input samples

@@ -2,6 +2,7 @@
 
 import msgpack
 import pytest
+
 from flowact.schemas import codec
 from flowact.schemas import messages as m
 from flowact.schemas import timebase as tb

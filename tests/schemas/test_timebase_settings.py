@@ -1,9 +1,10 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
+
 from flowact.schemas import timebase as tb
 from flowact.schemas.settings import BusSettings, LogSettings
-from pydantic import ValidationError
 
 
 def test_clock_constants_agree() -> None:
