@@ -197,7 +197,8 @@ class RedisStreamsBus:
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise TransportError(f"{type(exc).__name__}: {exc}") from exc
         except ResponseError as exc:
-            if str(exc).startswith("NOGROUP"):
+            # UNBLOCKED: the stream of a blocked XREADGROUP was deleted (or its group destroyed).
+            if str(exc).startswith(("NOGROUP", "UNBLOCKED")):
                 raise GroupMissing(str(exc)) from exc
             raise
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
+import structlog
 
 from flowact.bus import ConsumerOptions, Entry, MemoryBus, Rejected, dead_letter_stream, open_bus
 from flowact.bus.base import Bus
@@ -408,3 +409,29 @@ def test_block_time_must_stay_below_the_socket_timeout() -> None:
     bus = RedisStreamsBus(REDIS_URL, socket_timeout_s=2.0)
     with pytest.raises(ValueError, match="socket"):
         asyncio.run(bus.read("s", block_ms=1500))
+
+
+@pytest.mark.parametrize("republish_at_once", [False, True])
+async def test_consumer_recreates_a_group_that_vanished(
+    bus: Bus, prefix: str, republish_at_once: bool
+) -> None:
+    """A server that restarted empty, or a deleted stream, answers NOGROUP: start over."""
+    stream = f"{prefix}:control"
+    seen: list[bytes] = []
+
+    async def handler(entry: Entry) -> None:
+        seen.append(entry.fields["type"])
+
+    consumer = Consumer(bus, [stream], options(block_ms=200), handler)
+    await bus.publish(stream, {"type": "start"})
+    await eventually(lambda: seen == [b"start"])
+    await asyncio.sleep(0.05)  # the consumer is blocked in its next read
+    with structlog.testing.capture_logs() as logs:
+        await bus.delete([stream])
+        if not republish_at_once:
+            await asyncio.sleep(0.3)
+        await bus.publish(stream, {"type": "stop"})
+        await eventually(lambda: seen == [b"start", b"stop"])
+    await consumer.stop()
+    if not republish_at_once:
+        assert "bus.consumer.group_missing" in {e["event"] for e in logs}
