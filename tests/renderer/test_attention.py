@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from flowact.renderer.attention import (
     attention_reference,
     available_backends,
