@@ -24,8 +24,9 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from flowact.schemas.timebase import FRAMES_PER_LATENT
 from torch import Tensor, nn
+
+from flowact.schemas.timebase import FRAMES_PER_LATENT
 
 # ---------------------------------------------------------------------------------------------
 # Config

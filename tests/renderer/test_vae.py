@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+
 from flowact.renderer.vae import (
     PRESETS,
     CausalVideoVAE,
