@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
+
 from flowact.bus.base import Bus, ConsumerOptions, Entry, Rejected
 from flowact.schemas import codec
 from flowact.schemas.messages import ErrorEvent, Message

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import structlog
+
 from flowact.schemas import timebase as tb
 from flowact.schemas.messages import AudioSegment, BehaviorPrompt, Channel, UtteranceEvent
 from flowact.schemas.pcm import StreamResampler, s16_to_float

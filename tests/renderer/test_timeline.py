@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from flowact.renderer.timeline import SessionTimeline
 from flowact.schemas import timebase as tb
 from flowact.schemas.messages import AudioSegment, BehaviorPrompt
