@@ -78,7 +78,8 @@ class RedisStreamsBus:
 
     `socket_timeout_s` bounds every reply; blocking reads must ask for at least
     `BLOCK_MARGIN_S` less. Dedupe keys live `dedupe_ttl_ms` under `flowact:dedupe:{stream}:{key}`.
-    Dead-letter streams are trimmed to about `dead_maxlen` entries.
+    Dead-letter streams are trimmed to about `dead_maxlen` entries. Every running consumer holds
+    one connection of the pool (`max_connections`) while it blocks; other calls share the rest.
     """
 
     def __init__(
@@ -91,6 +92,7 @@ class RedisStreamsBus:
         dead_maxlen: int | None = 10_000,
         retry_for_s: float = 10.0,
         backoff: Backoff | None = None,
+        max_connections: int = 2048,
     ) -> None:
         self.url = url
         self.socket_timeout_s = socket_timeout_s
@@ -105,6 +107,7 @@ class RedisStreamsBus:
             retry=Retry(NoBackoff(), 0),
             protocol=2,
             decode_responses=False,
+            max_connections=max_connections,
         )
         for command in RAW_COMMANDS:
             self.redis.set_response_callback(command, _raw_reply)
