@@ -199,11 +199,10 @@ async def _latency_run(
         stop.set()
         await consumer
         await bus.delete([stream])
+    span = f"{min(sizes):,}" if min(sizes) == max(sizes) else f"{min(sizes):,}-{max(sizes):,}"
     result = LatencyResult(
         kind=kind,
-        entry_bytes=f"{min(sizes):,}"
-        if min(sizes) == max(sizes)
-        else f"{min(sizes):,}-{max(sizes):,}",
+        entry_bytes=span,
         count=len(stats.ms),
         rate_hz=rate_hz,
         p50_ms=percentile(stats.ms, 50),

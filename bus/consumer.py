@@ -157,10 +157,7 @@ class _ConsumerLoop:
             ),
             stop,
         )
-        for entry in entries or ():
-            if stop and stop.is_set():
-                return  # the rest stay pending and are reclaimed after claim_idle_ms
-            await self._process(entry)
+        await self._process_batch(entries or [], time.monotonic(), stop)
 
     async def _reclaim(self, stop: asyncio.Event | None) -> None:
         for stream in self.streams:
@@ -176,12 +173,24 @@ class _ConsumerLoop:
                 )
                 if entries:
                     self.log.info("bus.consumer.reclaimed", stream=stream, count=len(entries))
-                for entry in entries:
-                    if stop and stop.is_set():
-                        return
-                    await self._process(entry)
+                await self._process_batch(entries, time.monotonic(), stop)
                 if cursor == "0-0":
                     break
+
+    async def _process_batch(
+        self, entries: list[Entry], taken_at: float, stop: asyncio.Event | None
+    ) -> None:
+        renew_after = self.opt.claim_idle_ms / 3000
+        for entry in entries:
+            if stop and stop.is_set():
+                return  # the rest stay pending and are reclaimed after claim_idle_ms
+            # Entries wait in the batch while earlier ones are handled; once they have waited
+            # long enough to look abandoned, confirm they are still ours before handling them.
+            if time.monotonic() - taken_at > renew_after:
+                if not await self.ops.renew(entry, self.opt.group, self.opt.consumer):
+                    self.log.info("bus.consumer.skip_taken", stream=entry.stream, id=entry.id)
+                    continue
+            await self._process(entry)
 
     async def _process(self, entry: Entry) -> None:
         if entry.deliveries > self.opt.max_deliveries:

@@ -435,3 +435,24 @@ async def test_consumer_recreates_a_group_that_vanished(
     await consumer.stop()
     if not republish_at_once:
         assert "bus.consumer.group_missing" in {e["event"] for e in logs}
+
+
+async def test_slow_batch_is_not_handled_twice(bus: Bus, prefix: str) -> None:
+    """Entries waiting in a batch behind slow handlers are not handled twice by two consumers."""
+    stream = f"{prefix}:audio"
+    ids = [await bus.publish(stream, {"seq": i}) for i in range(4)]
+    calls: list[tuple[str, str]] = []
+
+    def slow(name: str):
+        async def handler(entry: Entry) -> None:
+            calls.append((name, entry.id))
+            await asyncio.sleep(0.15)  # the batch's last entry waits 0.45 s > claim_idle_ms
+
+        return handler
+
+    first = Consumer(bus, [stream], options("c1"), slow("c1"))
+    await eventually(lambda: len(calls) == 1)
+    second = Consumer(bus, [stream], options("c2"), slow("c2"))
+    await eventually(lambda: _pending_is(bus, stream, 0))
+    await asyncio.gather(first.stop(), second.stop())
+    assert sorted(entry_id for _, entry_id in calls) == ids
