@@ -23,6 +23,15 @@ log = structlog.get_logger(__name__)
 CHANNELS: tuple[Channel, ...] = ("posture", "gesture", "face", "gaze")
 
 
+class TimelineError(ValueError):
+    """Input that does not fit the timeline; `field` names the message field to blame."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(reason)
+        self.field = field
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class ChunkPlan:
     """What chunk `index` is conditioned on. `audio`: float32 [SAMPLES_PER_CHUNK] at 16 kHz."""
@@ -77,23 +86,23 @@ class SessionTimeline:
     def add_audio(self, segment: AudioSegment) -> None:
         """Place agent speech on the clock; user speech is not rendered and is ignored here.
 
-        Raises ValueError for a segment out of sequence or after its utterance ended.
+        Raises TimelineError for a segment out of sequence or after its utterance ended.
         """
         if segment.speaker != "agent" or segment.utterance in self._cut:
             return  # the rest of an interrupted utterance is dropped, as barge-in asks
         utt = self._utterances.get(segment.utterance)
         if utt is None:
             if segment.seq != 0:
-                raise ValueError(f"utterance {segment.utterance!r} starts at seq {segment.seq}, not 0")
+                raise TimelineError("seq", f"utterance {segment.utterance!r} starts at seq {segment.seq}, not 0")
             start = self._place(segment)
             utt = _Utterance(segment.utterance, start, start, StreamResampler(segment.rate))
             self._utterances[segment.utterance] = utt
         if utt.end is not None:
-            raise ValueError(f"utterance {segment.utterance!r} already ended")
+            raise TimelineError("utterance", f"utterance {segment.utterance!r} already ended")
         if segment.seq != utt.next_seq:
-            raise ValueError(f"seq {segment.seq} of {segment.utterance!r}; expected {utt.next_seq}")
+            raise TimelineError("seq", f"seq {segment.seq} of {segment.utterance!r}; expected {utt.next_seq}")
         if segment.rate != utt.resampler.rate:
-            raise ValueError(f"rate changed within utterance {segment.utterance!r}")
+            raise TimelineError("rate", f"rate changed within utterance {segment.utterance!r}")
         utt.next_seq += 1
         samples = utt.resampler.push(s16_to_float(segment.pcm))
         if segment.end:

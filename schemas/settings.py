@@ -90,3 +90,20 @@ class BusSettings(Settings):
     max_deliveries: int = Field(default=5, gt=0, description="deliveries before dead-lettering")
     claim_idle_ms: int = Field(default=30_000, gt=0, description="idle time before reclaiming")
     video_maxlen: int = Field(default=512, gt=0, description="video entries kept per session")
+
+
+class RendererSettings(Settings):
+    section: ClassVar[str] = "renderer"
+    model_config = SettingsConfigDict(env_prefix="FLOWACT_RENDERER_")
+
+    preset: str = Field(default="demo", description="tiny, demo or paper-480p")
+    device: str = Field(default="cpu", description="torch device: cpu, cuda, cuda:1, ...")
+    weights: Path | None = Field(default=None, description="checkpoint directory; None: random")
+    text_encoder: Literal["auto", "minilm", "hash"] = "auto"
+    worker: str = Field(default="", description="consumer name; empty: host-pid")
+    capacity: int = Field(default=1, gt=0, description="sessions this worker renders at once")
+    pace: float = Field(default=1.0, ge=0, description="speed vs real time; 0: as fast as it can")
+    lead_chunks: int = Field(default=2, ge=0, description="chunks rendered ahead of real time")
+    refine_every: int = Field(default=8, ge=0, description="memory refinement period; 0: off")
+    jpeg_quality: int = Field(default=85, ge=10, le=100)
+    seed: int = Field(default=0, ge=0)

@@ -1,0 +1,199 @@
+"""One session's rendering, no I/O: chunk plans in, RGB frames out.
+
+`RendererParts` holds the networks of a preset (DiT, VAE, audio and text encoders), shared by
+every session of a worker. `SessionRenderer` holds one session's state: the streaming generator,
+the VAE decode cache and the audio feature streams. Per chunk the service calls `step(plan)`
+(the DiT forward; the chunk 3 ahead enters with `plan`'s conditioning) and then `decode(latents)`
+(the VAE), which it overlaps with the next `step`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import structlog
+import torch
+from torch import Tensor
+
+from flowact.renderer import audio as audio_mod
+from flowact.renderer import vae as vae_mod
+from flowact.renderer.buffer import ChunkCondition
+from flowact.renderer.model import FlowActMMDiT
+from flowact.renderer.presets import BEHAVIOR_CHANNELS, RendererConfig, get_preset
+from flowact.renderer.sampler import FlowMatchEulerSampler
+from flowact.renderer.stream import StreamConfig, StreamingGenerator
+from flowact.renderer.text import HashTextEncoder, MiniLMTextEncoder
+from flowact.renderer.timeline import ChunkPlan
+
+log = structlog.get_logger(__name__)
+
+# Which VAE and audio-encoder layout each renderer preset pairs with.
+VAE_PRESET = {"tiny": "tiny", "demo": "small", "paper-480p": "full"}
+AUDIO_PRESET = {"tiny": "tiny", "demo": "small", "paper-480p": "small"}
+
+
+@dataclass
+class RendererParts:
+    """The networks of one preset, in eval mode on one device."""
+
+    config: RendererConfig
+    model: FlowActMMDiT
+    vae: vae_mod.CausalVideoVAE
+    audio: audio_mod.LogMelAudioEncoder
+    text: HashTextEncoder | MiniLMTextEncoder
+    micro_steps: int = 1
+    trained: bool = False
+
+    @classmethod
+    def build(
+        cls,
+        preset: str,
+        *,
+        device: str = "cpu",
+        weights: Path | None = None,
+        text_encoder: str = "auto",
+        seed: int = 0,
+    ) -> RendererParts:
+        """Random weights from `seed`, or a checkpoint directory written by `save_weights`."""
+        config = get_preset(preset)
+        torch.manual_seed(seed)
+        vae = vae_mod.build_vae(VAE_PRESET[preset])
+        if vae.config.latent_channels != config.latent_channels:
+            raise ValueError(f"VAE {VAE_PRESET[preset]} does not match preset {preset}")
+        audio_config = replace(audio_mod.PRESETS[AUDIO_PRESET[preset]], dim=config.audio_dim)
+        parts = cls(
+            config=config,
+            model=FlowActMMDiT(config),
+            vae=vae,
+            audio=audio_mod.LogMelAudioEncoder(audio_config),
+            text=_text_encoder(text_encoder, preset),
+        )
+        if weights is not None:
+            parts.load(weights)
+        for module in (parts.model, parts.vae, parts.audio):
+            module.to(device).eval()
+        if not parts.trained:
+            log.warning("renderer has random weights: frames are noise", preset=preset)
+        return parts
+
+    def load(self, directory: Path) -> None:
+        from flowact.renderer.weights import load_into
+
+        load_into(directory, {"dit": self.model, "vae": self.vae, "audio": self.audio})
+        self.trained = True
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def _text_encoder(name: str, preset: str) -> HashTextEncoder | MiniLMTextEncoder:
+    if name == "auto":
+        name = "hash" if preset == "tiny" else "minilm"
+    if name == "hash":
+        return HashTextEncoder()
+    if name == "minilm":
+        return MiniLMTextEncoder()
+    raise ValueError(f"unknown text encoder {name!r}; use auto, hash or minilm")
+
+
+class SessionRenderer:
+    """Chunk plans -> clean latents -> frames, for one session."""
+
+    def __init__(self, parts: RendererParts, *, seed: int = 0, refine_every: int = 0) -> None:
+        self.parts = parts
+        self.seed = seed
+        cfg = parts.config
+        self.generator = StreamingGenerator(
+            parts.model,
+            FlowMatchEulerSampler(chunks=cfg.stream_chunks, micro_steps=parts.micro_steps),
+            StreamConfig(refine_every=refine_every),
+        )
+        self._audio_stream = parts.audio.stream()
+        self._groups = audio_mod.AudioGroupStream(cfg.audio_overlap)
+        self._snapshots: dict[int, tuple] = {}  # audio-stream state before each pending chunk
+        self._decoder = parts.vae.decode_stream()
+
+    @property
+    def lookahead(self) -> int:
+        """Chunks in the denoising stream: a chunk's plan is taken this many chunks early."""
+        return self.parts.config.stream_chunks
+
+    @torch.inference_mode()
+    def start(self, image: np.ndarray | None, plans: Sequence[ChunkPlan]) -> None:
+        """Reference image `[H, W, 3]` uint8 (None: mid-grey) and the first `lookahead` plans."""
+        cfg = self.parts.config
+        if image is None:
+            image = np.full((cfg.height, cfg.width, 3), 128, np.uint8)
+        if image.shape != (cfg.height, cfg.width, 3):
+            raise ValueError(f"reference is {image.shape}, preset needs {(cfg.height, cfg.width, 3)}")
+        frames = self._to_tensor(image)  # [1, 1, 3, H, W]
+        reference = self.parts.vae.encode(frames)  # [1, 1, C, h, w]
+        self._decoder.reset()
+        self._decoder.push(reference)  # primes the causal cache; the reference frame is not shown
+        self._audio_stream.reset()
+        self._groups.reset()
+        self._snapshots.clear()
+        generator = torch.Generator(self.parts.device).manual_seed(self.seed)
+        self.generator.start(reference, [self._condition(p) for p in plans], generator)
+
+    @torch.inference_mode()
+    def step(self, entering: ChunkPlan) -> Tensor:
+        """The DiT forward: clean latents `[1, 3, C, h, w]` of the next chunk; `entering` joins."""
+        latents = self.generator.step()
+        self._snapshots.pop(self.generator.next_index - 1, None)
+        self.generator.push(self._condition(entering))
+        return latents
+
+    @torch.inference_mode()
+    def decode(self, latents: Tensor) -> np.ndarray:
+        """Clean latents of one chunk -> frames `[12, H, W, 3]` uint8. Calls must keep order."""
+        frames = self._decoder.push(latents)[0]  # [12, 3, H, W]
+        pixels = ((frames.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+    @torch.inference_mode()
+    def interrupt(self, from_chunk: int, plans: Sequence[ChunkPlan]) -> list[int]:
+        """Re-condition the chunks still in the stream from `from_chunk` on (barge-in)."""
+        pending = [i for i in self.generator.pending_indices if i >= from_chunk]
+        if not pending:
+            return []
+        by_index = {p.index: p for p in plans}
+        self._restore(pending[0])
+        conditions = [self._condition(by_index[i]) for i in pending]
+        return self.generator.interrupt(pending[0], conditions)
+
+    # -- conditioning ---------------------------------------------------------------------------
+
+    def _condition(self, plan: ChunkPlan) -> ChunkCondition:
+        cfg, device = self.parts.config, self.parts.device
+        self._snapshots[plan.index] = (
+            copy.deepcopy(self._audio_stream.state),
+            copy.deepcopy(self._groups),
+        )
+        pcm = torch.from_numpy(plan.audio).to(device)[None]  # [1, 7680]
+        features = self._audio_stream.push(pcm)  # [1, 12, Da]
+        audio = self._groups.push(features).current  # [1, 3, W, Da]
+        text = torch.zeros(1, cfg.latents_per_chunk, cfg.text_slots, cfg.text_dim, device=device)
+        mask = torch.zeros(1, cfg.latents_per_chunk, cfg.text_slots, dtype=torch.bool, device=device)
+        for slot, channel in enumerate(BEHAVIOR_CHANNELS):
+            prompts = plan.prompts.get(channel, ())  # type: ignore[call-overload]
+            if prompts:
+                embedding = self.parts.text.encode(list(prompts)).mean(0)  # [Dt]
+                text[:, :, slot] = torch.nn.functional.normalize(embedding, dim=0).to(device)
+                mask[:, :, slot] = True
+        return ChunkCondition(plan.index, audio, text, mask)
+
+    def _restore(self, index: int) -> None:
+        self._audio_stream.state, self._groups = self._snapshots[index]
+        for later in [i for i in self._snapshots if i >= index]:
+            del self._snapshots[later]
+
+    def _to_tensor(self, image: np.ndarray) -> Tensor:
+        x = torch.from_numpy(np.array(image)).to(self.parts.device).float() / 127.5 - 1.0  # [H, W, 3]
+        return x.permute(2, 0, 1)[None, None]  # [1, 1, 3, H, W]
+
