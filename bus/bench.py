@@ -8,8 +8,9 @@ the handler runs (before the acknowledgement).
 Video sessions: each session publishes one chunk entry (12 JPEG-sized frames in one msgpack
 field, about 600 KB) every chunk period (0.48 s) to its own stream, trimmed by MAXLEN, and has its
 own consumer. The session count ramps up until a step falls behind: producers miss their
-schedule, p99 latency exceeds one chunk period, an entry is trimmed away before it was handled,
-or the backlog is not drained within one chunk period after the producers stop.
+schedule, p99 latency exceeds one chunk period, the backlog (published, not yet handled) grows
+from the first half of the step to the second, an entry is trimmed away before it was handled, or
+the backlog is not drained within one chunk period after the producers stop.
 
 Run: `flowact bench bus`, or `python -m flowact.bus.bench [url] [seconds]`.
 """
@@ -47,6 +48,7 @@ VIDEO_MAXLEN = 8  # chunks kept per session stream: ~4 s of video
 LATENCY_RATE_HZ = 400  # entries a second in the latency runs (about 8 sessions of 20 ms audio)
 RAMP = (16, 32, 64, 96, 128, 160, 192, 256, 320, 384)
 WARMUP = 20
+MIN_STEP_CHUNKS = 8  # per session and ramp step, so that a growing backlog can show
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class VideoStep:
     p50_ms: float
     p99_ms: float
     slip_p99_ms: float  # how late producers published against their schedule
+    backlog_max: int  # most entries published and not yet handled, over all sessions
     drain_ms: float  # from the last publish until the backlog was empty
     sustained: bool
     reason: str
@@ -109,8 +112,12 @@ async def run_bench(
     seconds: float = 3.0,
     ramp: Sequence[int] = RAMP,
     rate_hz: float = LATENCY_RATE_HZ,
+    min_step_chunks: int = MIN_STEP_CHUNKS,
 ) -> BenchReport:
-    """Measure the bus at `url`; `seconds` per latency run and per ramp step."""
+    """Measure the bus at `url`: `seconds` per latency run and per ramp step.
+
+    A ramp step lasts at least `min_step_chunks` chunk periods, so that a growing backlog shows.
+    """
     bus = open_bus(url)
     prefix = f"flowact:bench:{uuid.uuid4().hex[:8]}"
     try:
@@ -125,7 +132,8 @@ async def run_bench(
         )
         chunk = _video_chunk()
         for sessions in ramp:
-            step = await _video_step(bus, f"{prefix}:video", sessions, chunk, seconds)
+            chunks = max(min_step_chunks, round(seconds / CHUNK_SECONDS))
+            step = await _video_step(bus, f"{prefix}:video", sessions, chunk, chunks)
             report.video.append(step)
             log.info("bus.bench.video_step", **step.__dict__)
             if not step.sustained:
@@ -213,64 +221,90 @@ async def _latency_run(
     return result
 
 
-async def _video_step(
-    bus: Bus, prefix: str, sessions: int, chunk: bytes, seconds: float
-) -> VideoStep:
-    period = CHUNK_SECONDS
-    streams = [f"{prefix}:{sessions}:{i}" for i in range(sessions)]
-    stats = _Latencies()
-    slips: list[float] = []
-    published = [0]
-    stop = asyncio.Event()
-    options = ConsumerOptions(group="bench", consumer="c1")
-    consumers = [
-        asyncio.create_task(bus.consume([s], options, stats.handler, stop=stop)) for s in streams
-    ]
-    await asyncio.sleep(0.2)  # groups created, consumers blocked in their first read
+async def _video_step(bus: Bus, prefix: str, sessions: int, chunk: bytes, chunks: int) -> VideoStep:
+    """`sessions` producer/consumer pairs, each publishing `chunks` entries at the video rate."""
+    run = _VideoRun(bus, [f"{prefix}:{sessions}:{i}" for i in range(sessions)], chunk)
+    await run.run(chunks)
+    return run.verdict()
 
-    async def produce(stream: str) -> None:
-        start = time.perf_counter() + random.uniform(0, period)  # sessions out of phase
-        for k in range(max(1, int(seconds / period))):
-            due = start + k * period
+
+class _VideoRun:
+    def __init__(self, bus: Bus, streams: list[str], chunk: bytes) -> None:
+        self.bus = bus
+        self.streams = streams
+        self.chunk = chunk
+        self.stats = _Latencies()
+        self.slips: list[float] = []  # ms each publish started after its due time
+        self.backlog: list[int] = []  # published minus handled, sampled while producing
+        self.published = 0
+        self.drain_ms = 0.0
+
+    async def run(self, chunks: int) -> None:
+        stop = asyncio.Event()
+        options = ConsumerOptions(group="bench", consumer="c1")
+        consumers = [
+            asyncio.create_task(self.bus.consume([s], options, self.stats.handler, stop=stop))
+            for s in self.streams
+        ]
+        await asyncio.sleep(0.2)  # groups created, consumers blocked in their first read
+        sampler = asyncio.create_task(self._sample_backlog())
+        try:
+            await asyncio.gather(*(self._produce(s, chunks) for s in self.streams))
+            sampler.cancel()
+            last_publish = time.perf_counter()
+            # Entries still missing after the grace period were trimmed away unread.
+            await _until(lambda: self.stats.handled >= self.published, CHUNK_SECONDS + 2.0)
+            self.drain_ms = (time.perf_counter() - last_publish) * 1000
+        finally:
+            sampler.cancel()
+            stop.set()
+            await asyncio.gather(*consumers)
+            await self.bus.delete(self.streams)
+
+    async def _produce(self, stream: str, chunks: int) -> None:
+        start = time.perf_counter() + random.uniform(0, CHUNK_SECONDS)  # sessions out of phase
+        for k in range(chunks):
+            due = start + k * CHUNK_SECONDS
             await _sleep_until(due)
-            slips.append((time.perf_counter() - due) * 1000)
-            fields = {"index": k, "chunk": chunk, "t": time.perf_counter_ns()}
-            await bus.publish(stream, fields, maxlen=VIDEO_MAXLEN)
-            published[0] += 1
+            self.slips.append((time.perf_counter() - due) * 1000)
+            fields = {"index": k, "chunk": self.chunk, "t": time.perf_counter_ns()}
+            await self.bus.publish(stream, fields, maxlen=VIDEO_MAXLEN)
+            self.published += 1
 
-    try:
-        await asyncio.gather(*(produce(s) for s in streams))
-        last_publish = time.perf_counter()
-        # Whatever is still missing after a grace period was trimmed away unread.
-        await _until(lambda: stats.handled >= published[0], period + 2.0)
-        drain_ms = (time.perf_counter() - last_publish) * 1000
-        drained = drain_ms <= period * 1000
-    finally:
-        stop.set()
-        await asyncio.gather(*consumers)
-        await bus.delete(streams)
-    p99 = percentile(stats.ms, 99)
-    slip = percentile(slips, 99)
-    lost = published[0] - stats.handled
-    reasons = [
-        f"producers late by {slip:.0f} ms (p99)" if slip > period * 1000 else "",
-        f"p99 latency {p99:.0f} ms over one chunk period" if p99 > period * 1000 else "",
-        f"{lost} entries trimmed unread" if lost else "",
-        "backlog not drained within one chunk period" if not drained else "",
-    ]
-    reason = "; ".join(r for r in reasons if r)
-    return VideoStep(
-        sessions=sessions,
-        published=published[0],
-        handled=stats.handled,
-        lost=lost,
-        p50_ms=percentile(stats.ms, 50),
-        p99_ms=p99,
-        slip_p99_ms=slip,
-        drain_ms=drain_ms,
-        sustained=not reason,
-        reason=reason or "ok",
-    )
+    async def _sample_backlog(self) -> None:
+        while True:
+            await asyncio.sleep(CHUNK_SECONDS / 8)
+            self.backlog.append(self.published - self.stats.handled)
+
+    def verdict(self) -> VideoStep:
+        period_ms = CHUNK_SECONDS * 1000
+        p99 = percentile(self.stats.ms, 99)
+        slip = percentile(self.slips, 99)
+        lost = self.published - self.stats.handled
+        half = len(self.backlog) // 2
+        early = sum(self.backlog[:half]) / max(1, half)
+        late = sum(self.backlog[half:]) / max(1, len(self.backlog) - half)
+        reasons = [
+            f"producers late by {slip:.0f} ms (p99)" if slip > period_ms else "",
+            f"p99 latency {p99:.0f} ms over one chunk period" if p99 > period_ms else "",
+            f"backlog growing ({early:.1f} -> {late:.1f})" if late > 1.5 * early + 2 else "",
+            f"{lost} entries trimmed unread" if lost else "",
+            "backlog not drained within one chunk period" if self.drain_ms > period_ms else "",
+        ]
+        reason = "; ".join(r for r in reasons if r)
+        return VideoStep(
+            sessions=len(self.streams),
+            published=self.published,
+            handled=self.stats.handled,
+            lost=lost,
+            p50_ms=percentile(self.stats.ms, 50),
+            p99_ms=p99,
+            slip_p99_ms=slip,
+            backlog_max=max(self.backlog, default=0),
+            drain_ms=self.drain_ms,
+            sustained=not reason,
+            reason=reason or "ok",
+        )
 
 
 async def _sleep_until(when: float) -> None:
@@ -319,13 +353,14 @@ def format_report(report: BenchReport) -> str:
         f"video sessions: one ~{JPEG_FRAME_BYTES * FRAMES_PER_CHUNK / 1e6:.1f} MB entry per "
         f"{CHUNK_SECONDS:g} s each, MAXLEN ~{VIDEO_MAXLEN}",
         f"{'sessions':>8}{'MB/s':>8}{'entries':>9}{'p50 ms':>9}{'p99 ms':>9}{'slip p99':>10}"
-        f"{'drain ms':>10}  result",
+        f"{'backlog':>9}{'drain ms':>10}  result",
     ]
     chunk_mb = JPEG_FRAME_BYTES * FRAMES_PER_CHUNK / 1e6
     for s in report.video:
         lines.append(
             f"{s.sessions:>8}{s.sessions * chunk_mb / CHUNK_SECONDS:>8.0f}{s.published:>9}"
-            f"{s.p50_ms:>9.1f}{s.p99_ms:>9.1f}{s.slip_p99_ms:>10.1f}{s.drain_ms:>10.1f}  "
+            f"{s.p50_ms:>9.1f}{s.p99_ms:>9.1f}{s.slip_p99_ms:>10.1f}{s.backlog_max:>9}"
+            f"{s.drain_ms:>10.1f}  "
             f"{s.reason}"
         )
     lines += ["", f"sustained video sessions: {report.max_video_sessions}"]

@@ -17,7 +17,7 @@ def test_percentile_is_nearest_rank() -> None:
 
 def test_max_sessions_stops_at_the_first_step_that_fell_behind() -> None:
     def step(n: int, ok: bool) -> VideoStep:
-        return VideoStep(n, 1, 1, 0, 1.0, 1.0, 0.0, 0.0, ok, "ok" if ok else "late")
+        return VideoStep(n, 1, 1, 0, 1.0, 1.0, 0.0, 0, 0.0, ok, "ok" if ok else "late")
 
     report = BenchReport("memory://", 1.0, "m", "s", video=[step(16, True), step(32, False)])
     assert report.max_video_sessions == 16
@@ -27,15 +27,17 @@ def test_max_sessions_stops_at_the_first_step_that_fell_behind() -> None:
 
 async def test_run_bench_counts_every_entry_on_the_memory_bus() -> None:
     try:
-        report = await run_bench("memory://bench-smoke", seconds=0.25, ramp=(2, 3), rate_hz=200)
+        report = await run_bench(
+            "memory://bench-smoke", seconds=0.25, ramp=(2,), rate_hz=200, min_step_chunks=2
+        )
     finally:
         forget_memory_bus("bench-smoke")
     assert [r.kind for r in report.latency] == ["audio", "control"]
     assert [r.count for r in report.latency] == [50, 50]
     assert report.latency[0].entry_bytes == "641-16,001"  # 20 ms to 0.5 s of 16 kHz s16le
-    assert [s.sessions for s in report.video] in ([2, 3], [2])
+    assert [s.sessions for s in report.video] == [2]
     first = report.video[0]
-    assert (first.published, first.handled, first.lost) == (2, 2, 0)
+    assert (first.published, first.handled, first.lost) == (4, 4, 0)  # 2 sessions x 2 chunks
     table = format_report(report)
     assert "audio" in table and "control" in table
     assert f"sustained video sessions: {report.max_video_sessions}" in table
