@@ -441,8 +441,12 @@ class VAEDecodeStream:
 
     Feed the reference latent first (one frame comes back), then chunks of latents (4 frames per
     latent: a chunk of 3 latents gives 12 frames). The state is a fixed set of tensors, the last
-    `k_t - 1` input frames of every causal conv, so memory does not grow with the
-    stream. The stream owns its state; several streams may share one VAE.
+    `k_t - 1` input frames of every causal conv, so memory does not grow with the stream. The
+    stream owns its state; several streams may share one VAE.
+
+    Equality is to float rounding (~1e-5 in fp32). On GPUs that run convs in TF32 (cuDNN's
+    default on Ampere and later) the chunked and whole-clip calls pick different kernels and
+    differ by ~1e-3; that is TF32 precision, not state.
     """
 
     def __init__(self, vae: CausalVideoVAE, clamp: bool = True) -> None:
