@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,7 +14,7 @@ import typer
 
 from flowact.logs import configure_logging
 from flowact.schemas.messages import Channel, Overlap
-from flowact.schemas.settings import BusSettings, LogSettings
+from flowact.schemas.settings import BusSettings, LogSettings, RendererSettings
 
 app = typer.Typer(
     help="FlowAct: real-time interactive avatars over a Redis Streams bus.",
@@ -21,10 +23,22 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+serve_app = typer.Typer(help="Run a FlowAct service on a bus.", no_args_is_help=True)
+app.add_typer(serve_app, name="serve")
 
 BusOption = Annotated[
     Optional[str],  # noqa: UP045 (typer reads the annotation at run time)
     typer.Option("--bus", help="Bus URL: redis://host:port/db or memory:// [env: FLOWACT_BUS_URL]"),
+]
+
+
+PresetOption = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--preset", "-p", help="Renderer preset: tiny, demo or paper-480p."),
+]
+DeviceOption = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--device", "-d", help="torch device: cpu, cuda, cuda:1, ..."),
 ]
 
 
@@ -36,6 +50,22 @@ class Context:
 
     def bus_settings(self, url: str | None) -> BusSettings:
         return BusSettings.load(self.config, url=url)
+
+    def renderer_settings(self, **overrides: object) -> RendererSettings:
+        return RendererSettings.load(self.config, **overrides)
+
+
+def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run `main(stop)` until it returns or SIGINT/SIGTERM sets `stop`."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())
 
 
 @app.callback()
@@ -116,6 +146,56 @@ def bench_bus(
 
     settings = ctx.obj.bus_settings(bus)
     typer.echo(format_report(asyncio.run(run_bench(settings.url, seconds=seconds))))
+
+
+@serve_app.command("renderer")
+def serve_renderer(
+    ctx: typer.Context,
+    bus: BusOption = None,
+    preset: PresetOption = None,
+    device: DeviceOption = None,
+    weights: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Checkpoint directory (default: random weights)."),
+    ] = None,
+    capacity: Annotated[
+        Optional[int], typer.Option(help="Sessions rendered at once.")  # noqa: UP045
+    ] = None,
+) -> None:
+    """Render sessions requested on flowact:sessions until interrupted."""
+    from flowact.bus.registry import open_bus
+    from flowact.renderer.service import RendererService
+
+    bus_settings = ctx.obj.bus_settings(bus)
+    settings = ctx.obj.renderer_settings(
+        preset=preset, device=device, weights=weights, capacity=capacity
+    )
+
+    async def main(stop: asyncio.Event) -> None:
+        connection = open_bus(bus_settings.url)
+        try:
+            await RendererService(connection, settings, bus_settings).run(stop)
+        finally:
+            await connection.close()
+
+    run_until_signalled(main)
+
+
+@bench_app.command("renderer")
+def bench_renderer(
+    ctx: typer.Context,
+    preset: PresetOption = None,
+    device: DeviceOption = None,
+    chunks: Annotated[int, typer.Option(help="Chunks to render (0.48 s each).")] = 30,
+) -> None:
+    """Steady fps, time to first frame and ms per stage of one session."""
+    from flowact.renderer.bench import format_report, run_renderer_bench
+
+    settings = ctx.obj.renderer_settings(preset=preset, device=device)
+    report = asyncio.run(
+        run_renderer_bench(settings.preset, settings.device, chunks, settings.text_encoder)
+    )
+    typer.echo(format_report(report))
 
 
 async def _publish(settings: BusSettings, session: str, message) -> str:  # noqa: ANN001

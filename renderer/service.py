@@ -20,12 +20,14 @@ from dataclasses import replace
 
 import numpy as np
 import structlog
+from torch import Tensor
 
 from flowact.bus.base import Bus, ConsumerOptions, Entry, Rejected
 from flowact.bus.typed import publish, report_rejected, session_streams, subscribe
 from flowact.renderer.engine import RendererParts, SessionRenderer
 from flowact.renderer.media import encode_jpeg, load_reference
-from flowact.renderer.timeline import SessionTimeline, TimelineError
+from flowact.renderer.profiling import StageTimes, no_profile
+from flowact.renderer.timeline import ChunkPlan, SessionTimeline, TimelineError
 from flowact.schemas import codec
 from flowact.schemas import timebase as tb
 from flowact.schemas.messages import (
@@ -64,11 +66,13 @@ class RendererService:
         settings: RendererSettings,
         bus_settings: BusSettings,
         parts: RendererParts | None = None,
+        profiler: StageTimes | None = None,
     ) -> None:
         self.bus = bus
         self.settings = settings
         self.bus_settings = bus_settings
         self.parts = parts
+        self.profiler = profiler
         self.name = worker_name(settings)
         self.runners: dict[str, SessionRunner] = {}
 
@@ -110,7 +114,9 @@ class RendererService:
                 entry_id=entry.id))
             return
         assert self.parts is not None
-        runner = SessionRunner(self.bus, request, self.parts, self.settings, self.bus_settings)
+        runner = SessionRunner(
+            self.bus, request, self.parts, self.settings, self.bus_settings, self.profiler
+        )
         self.runners[request.session] = runner
         try:
             await runner.run(stop)
@@ -140,9 +146,11 @@ class SessionRunner:
         parts: RendererParts,
         settings: RendererSettings,
         bus_settings: BusSettings,
+        profiler: StageTimes | None = None,
     ) -> None:
         self.bus = bus
         self.session = request.session
+        self._stage = profiler.stage if profiler is not None else no_profile
         self.request = request
         self.parts = parts
         self.settings = settings
@@ -233,7 +241,7 @@ class SessionRunner:
                 await self._apply_interrupt(lookahead)
             await self._pace(started, self.chunks)
             index = self.chunks
-            latents = await asyncio.to_thread(self.renderer.step, self.timeline.plan(index + lookahead))
+            latents = await asyncio.to_thread(self._forward, self.timeline.plan(index + lookahead))
             if publishing is not None:
                 await publishing  # decode of the previous chunk ran beside this forward
             publishing = asyncio.create_task(self._emit(index, latents, started))
@@ -278,7 +286,7 @@ class SessionRunner:
             log.debug("renderer behind real time", session=self.session, chunk=index,
                       behind_s=round(-delay, 3))
 
-    async def _emit(self, index: int, latents, started: float) -> None:  # noqa: ANN001
+    async def _emit(self, index: int, latents: Tensor, started: float) -> None:
         frames = await asyncio.to_thread(self._decode_encode, latents)
         plan = self.timeline.plan(index)
         chunk = VideoChunk(
@@ -290,14 +298,21 @@ class SessionRunner:
             audio=float_to_s16(plan.audio),
             state="speaking" if plan.speaking else "idle",
         )
-        await publish(self.bus, self.session, chunk, maxlen=self.bus_settings.video_maxlen)
+        with self._stage("publish"):
+            await publish(self.bus, self.session, chunk, maxlen=self.bus_settings.video_maxlen)
         if self.first_chunk_s is None:
             self.first_chunk_s = asyncio.get_running_loop().time() - started
             log.info("first chunk", session=self.session, seconds=round(self.first_chunk_s, 3))
         for event in self.timeline.emitted(index):
             await publish(self.bus, self.session, event)
 
-    def _decode_encode(self, latents) -> list[bytes]:  # noqa: ANN001
-        frames: np.ndarray = self.renderer.decode(latents)
-        return encode_jpeg(frames, self.jpeg_quality)
+    def _forward(self, plan: ChunkPlan) -> Tensor:
+        with self._stage("forward"):
+            return self.renderer.step(plan)
+
+    def _decode_encode(self, latents: Tensor) -> list[bytes]:
+        with self._stage("decode"):
+            frames: np.ndarray = self.renderer.decode(latents)
+        with self._stage("encode"):
+            return encode_jpeg(frames, self.jpeg_quality)
 
