@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/flowact demo
 
 test: $(STAMP) system
-	$(BIN)/python -m pytest -q
+	FLOWACT_REQUIRE_REDIS=1 $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
