@@ -1,0 +1,3 @@
+from flowact.cli import app
+
+app(prog_name="flowact")

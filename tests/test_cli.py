@@ -1,0 +1,75 @@
+"""The `flowact` command line as a user runs it: real processes on the real Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+FLOWACT = [sys.executable, "-m", "flowact"]
+
+
+def run(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([*FLOWACT, *args], capture_output=True, text=True, timeout=60, **kw)
+
+
+def test_help_lists_the_commands() -> None:
+    done = run("--help")
+    assert done.returncode == 0
+    for command in ("inject", "tail", "bench", "serve"):
+        assert command in done.stdout
+
+
+@pytest.mark.redis
+def test_inject_then_tail(redis_url: str, session_id: str) -> None:
+    tail = subprocess.Popen([*FLOWACT, "tail", session_id, "--bus", redis_url, "--from-start"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        done = run("inject", session_id, "waves with the right hand", "--duration", "1.5",
+                   "--bus", redis_url)
+        assert done.returncode == 0, done.stderr
+        entry_id = done.stdout.strip()
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        [(got_id, fields)] = client.xrange(f"flowact:{session_id}:behavior")
+        assert got_id.decode() == entry_id
+        assert fields[b"text"] == b"waves with the right hand"
+        assert fields[b"duration_frames"] == b"38"
+        client.xadd(f"flowact:{session_id}:events",
+                    {"type": "state", "state": "speaking", "actor": "agent"})
+        line = json.loads(tail.stdout.readline())
+        assert line["type"] == "state" and line["state"] == "speaking"
+    finally:
+        tail.terminate()
+        tail.wait(10)
+
+
+def test_inject_refuses_a_bad_channel_and_names_it() -> None:
+    done = run("inject", "s", "nods", "--channel", "legs", "--bus", "memory://")
+    assert done.returncode == 2
+    assert "legs" in done.stderr and "posture" in done.stderr
+
+
+def test_compose_services_run_real_commands() -> None:
+    compose = yaml.safe_load((Path(__file__).parents[1] / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert "--appendonly" in services["redis"]["command"]
+    gpu = services["renderer"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert "gpu" in gpu["capabilities"]
+    env = {**os.environ, "FLOWACT_LOG_LEVEL": "error"}
+    for name in ("renderer", "agent"):
+        command = services[name]["command"]
+        assert command[0] == "flowact"
+        # Every option the service passes must be one its command accepts.
+        helped = run(*command[1:3], "--help", env=env)
+        assert helped.returncode == 0, helped.stderr
+        for option in (a for a in command[3:] if a.startswith("--")):
+            assert option in helped.stdout, f"{name}: {option} is not an option of {command[:3]}"
+    time.sleep(0)
