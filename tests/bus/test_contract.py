@@ -12,7 +12,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-import redis.asyncio as aioredis
 import structlog
 
 from flowact.bus import ConsumerOptions, Entry, MemoryBus, Rejected, dead_letter_stream, open_bus
@@ -24,26 +23,13 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 FAST = {"block_ms": 50, "claim_idle_ms": 200, "reclaim_every_ms": 50}
 
 
-async def _redis_up() -> bool:
-    client = aioredis.Redis.from_url(REDIS_URL, socket_connect_timeout=0.5)
-    try:
-        return bool(await client.ping())
-    except OSError:
-        return False
-    except Exception:
-        return False
-    finally:
-        await client.aclose()
-
-
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
     if request.param == "memory":
         yield MemoryBus()
         return
-    if not await _redis_up():
-        pytest.skip("no Redis server on 127.0.0.1:6379")
-    redis_bus = RedisStreamsBus(REDIS_URL, backoff=Backoff(0.01, 0.1))
+    url = request.getfixturevalue("redis_url")  # tests/conftest.py: skips or fails without Redis
+    redis_bus = RedisStreamsBus(url, backoff=Backoff(0.01, 0.1))
     yield redis_bus
     await redis_bus.close()
 
