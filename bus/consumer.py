@@ -120,16 +120,19 @@ class _ConsumerLoop:
         self.next_reclaim = 0.0  # monotonic seconds; 0 runs a pass at once
 
     async def run(self, stop: asyncio.Event | None) -> None:
-        failures = 0
+        failures = missing = 0
         while not (stop and stop.is_set()):
             try:
                 await self._step(stop)
                 if failures:
                     self.log.info("bus.consumer.reconnected", after_failures=failures)
-                failures = 0
+                failures = missing = 0
             except GroupMissing:
                 self.log.warning("bus.consumer.group_missing", streams=self.streams)
                 self.groups_ready = False
+                missing += 1
+                if missing > 1:  # recreating did not help at once: do not spin
+                    await _sleep_or_stop(self.backoff.delay(missing - 2), stop)
             except TransportError as exc:
                 delay = self.backoff.delay(failures)
                 failures += 1
