@@ -26,17 +26,22 @@ MessageHandler = Callable[[str, Message], Awaitable[None]]
 async def publish(bus: Bus, session: str, message: Message, *, maxlen: int | None = None) -> str:
     """Publish on the stream of the message's type; `producer_id` makes a retry a no-op."""
     stream = stream_for(session, message.type)  # type: ignore[attr-defined]
-    return await bus.publish(stream, codec.encode(message), dedupe=message.producer_id, maxlen=maxlen)
+    return await bus.publish(
+        stream, codec.encode(message), dedupe=message.producer_id, maxlen=maxlen
+    )
 
 
 async def report_rejected(bus: Bus, entry: Entry, error: Rejected) -> None:
     """Answer a rejected entry with an error event on its session's events stream."""
     session, _ = _session_of(entry.stream)
-    log.warning("entry rejected", stream=entry.stream, id=entry.id, field=error.field,
-                reason=error.reason)
+    log.warning(
+        "entry rejected", stream=entry.stream, id=entry.id, field=error.field, reason=error.reason
+    )
     if session is None:
         return
-    event = ErrorEvent(reason=error.reason, field=error.field, stream=entry.stream, entry_id=entry.id)
+    event = ErrorEvent(
+        reason=error.reason, field=error.field, stream=entry.stream, entry_id=entry.id
+    )
     await publish(bus, session, event)
 
 

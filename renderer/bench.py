@@ -55,8 +55,9 @@ def _speech(seconds: float) -> np.ndarray:
 async def run_renderer_bench(
     preset: str, device: str = "cpu", chunks: int = 30, text_encoder: str = "auto"
 ) -> RendererBenchReport:
-    parts = await asyncio.to_thread(RendererParts.build, preset, device=device,
-                                    text_encoder=text_encoder)
+    parts = await asyncio.to_thread(
+        RendererParts.build, preset, device=device, text_encoder=text_encoder
+    )
     profiler = StageTimes(device)
     bus = MemoryBus()
     settings = RendererSettings(preset=preset, device=device, pace=0, worker="bench")
@@ -66,9 +67,17 @@ async def run_renderer_bench(
     speech = _speech(chunks * tb.CHUNK_SECONDS)
     piece = tb.SAMPLES_PER_CHUNK // 2
     for seq, start in enumerate(range(0, len(speech), piece)):
-        await publish(bus, "bench", AudioSegment(
-            utterance="bench", seq=seq, pcm=float_to_s16(speech[start : start + piece]),
-            start_sample=0 if seq == 0 else None, end=start + piece >= len(speech)))
+        await publish(
+            bus,
+            "bench",
+            AudioSegment(
+                utterance="bench",
+                seq=seq,
+                pcm=float_to_s16(speech[start : start + piece]),
+                start_sample=0 if seq == 0 else None,
+                end=start + piece >= len(speech),
+            ),
+        )
     arrivals = await _time_chunks(bus, chunks)
     await publish(bus, "bench", StopControl())
     stop.set()

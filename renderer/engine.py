@@ -130,7 +130,9 @@ class SessionRenderer:
         if image is None:
             image = np.full((cfg.height, cfg.width, 3), 128, np.uint8)
         if image.shape != (cfg.height, cfg.width, 3):
-            raise ValueError(f"reference is {image.shape}, preset needs {(cfg.height, cfg.width, 3)}")
+            raise ValueError(
+                f"reference is {image.shape}, preset needs {(cfg.height, cfg.width, 3)}"
+            )
         frames = self._to_tensor(image)  # [1, 1, 3, H, W]
         reference = self.parts.vae.encode(frames)  # [1, 1, C, h, w]
         self._decoder.reset()
@@ -179,7 +181,9 @@ class SessionRenderer:
         features = self._audio_stream.push(pcm)  # [1, 12, Da]
         audio = self._groups.push(features).current  # [1, 3, W, Da]
         text = torch.zeros(1, cfg.latents_per_chunk, cfg.text_slots, cfg.text_dim, device=device)
-        mask = torch.zeros(1, cfg.latents_per_chunk, cfg.text_slots, dtype=torch.bool, device=device)
+        mask = torch.zeros(
+            1, cfg.latents_per_chunk, cfg.text_slots, dtype=torch.bool, device=device
+        )
         for slot, channel in enumerate(BEHAVIOR_CHANNELS):
             prompts = plan.prompts.get(channel, ())  # type: ignore[call-overload]
             if prompts:
@@ -194,6 +198,7 @@ class SessionRenderer:
             del self._snapshots[later]
 
     def _to_tensor(self, image: np.ndarray) -> Tensor:
-        x = torch.from_numpy(np.array(image)).to(self.parts.device).float() / 127.5 - 1.0  # [H, W, 3]
+        x = (
+            torch.from_numpy(np.array(image)).to(self.parts.device).float() / 127.5 - 1.0
+        )  # [H, W, 3]
         return x.permute(2, 0, 1)[None, None]  # [1, 1, 3, H, W]
-

@@ -86,8 +86,12 @@ class RendererService:
                 weights=self.settings.weights,
                 text_encoder=self.settings.text_encoder,
             )
-        log.info("renderer worker ready", worker=self.name, preset=self.settings.preset,
-                 capacity=self.settings.capacity)
+        log.info(
+            "renderer worker ready",
+            worker=self.name,
+            preset=self.settings.preset,
+            capacity=self.settings.capacity,
+        )
         slots = [
             self.bus.consume(
                 [SESSIONS_STREAM],
@@ -108,10 +112,17 @@ class RendererService:
         assert isinstance(request, SessionRequest)
         preset = request.preset or self.settings.preset
         if preset != self.settings.preset:
-            await publish(self.bus, request.session, ErrorEvent(
-                reason=f"preset {preset!r} is not served here (this worker serves "
-                f"{self.settings.preset!r})", field="preset", stream=entry.stream,
-                entry_id=entry.id))
+            await publish(
+                self.bus,
+                request.session,
+                ErrorEvent(
+                    reason=f"preset {preset!r} is not served here (this worker serves "
+                    f"{self.settings.preset!r})",
+                    field="preset",
+                    stream=entry.stream,
+                    entry_id=entry.id,
+                ),
+            )
             return
         assert self.parts is not None
         runner = SessionRunner(
@@ -187,8 +198,11 @@ class SessionRunner:
             self.stopped.set()
             watcher.cancel()
             await asyncio.gather(inputs, return_exceptions=True)
-            await publish(self.bus, self.session, StateEvent(
-                actor="renderer", state="stopped", frame=self.timeline.playhead_frame))
+            await publish(
+                self.bus,
+                self.session,
+                StateEvent(actor="renderer", state="stopped", frame=self.timeline.playhead_frame),
+            )
             log.info("session stopped", session=self.session, chunks=self.chunks)
 
     async def _watch(self, service_stop: asyncio.Event) -> None:
@@ -253,15 +267,20 @@ class SessionRunner:
         self._restart = False
         cfg = self.parts.config
         try:
-            image = None if self._image is None else load_reference(self._image, cfg.height, cfg.width)
+            image = (
+                None if self._image is None else load_reference(self._image, cfg.height, cfg.width)
+            )
         except ValueError as err:
             await publish(self.bus, self.session, ErrorEvent(reason=str(err), field="image"))
             image = None
         # Chunk numbering goes on across restarts: the clock belongs to the session.
         plans = [self.timeline.plan(self.chunks + i) for i in range(lookahead)]
         await asyncio.to_thread(self.renderer.start, image, plans)
-        await publish(self.bus, self.session, StateEvent(
-            actor="renderer", state="started", frame=self.timeline.playhead_frame))
+        await publish(
+            self.bus,
+            self.session,
+            StateEvent(actor="renderer", state="started", frame=self.timeline.playhead_frame),
+        )
 
     async def _apply_interrupt(self, lookahead: int) -> None:
         from_sample = None if self._interrupt == -1 else self._interrupt
@@ -283,8 +302,12 @@ class SessionRunner:
         if delay > 0:
             await asyncio.sleep(delay)
         elif -delay > period:
-            log.debug("renderer behind real time", session=self.session, chunk=index,
-                      behind_s=round(-delay, 3))
+            log.debug(
+                "renderer behind real time",
+                session=self.session,
+                chunk=index,
+                behind_s=round(-delay, 3),
+            )
 
     async def _emit(self, index: int, latents: Tensor, started: float) -> None:
         frames = await asyncio.to_thread(self._decode_encode, latents)
@@ -315,4 +338,3 @@ class SessionRunner:
             frames: np.ndarray = self.renderer.decode(latents)
         with self._stage("encode"):
             return encode_jpeg(frames, self.jpeg_quality)
-

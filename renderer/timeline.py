@@ -93,14 +93,18 @@ class SessionTimeline:
         utt = self._utterances.get(segment.utterance)
         if utt is None:
             if segment.seq != 0:
-                raise TimelineError("seq", f"utterance {segment.utterance!r} starts at seq {segment.seq}, not 0")
+                raise TimelineError(
+                    "seq", f"utterance {segment.utterance!r} starts at seq {segment.seq}, not 0"
+                )
             start = self._place(segment)
             utt = _Utterance(segment.utterance, start, start, StreamResampler(segment.rate))
             self._utterances[segment.utterance] = utt
         if utt.end is not None:
             raise TimelineError("utterance", f"utterance {segment.utterance!r} already ended")
         if segment.seq != utt.next_seq:
-            raise TimelineError("seq", f"seq {segment.seq} of {segment.utterance!r}; expected {utt.next_seq}")
+            raise TimelineError(
+                "seq", f"seq {segment.seq} of {segment.utterance!r}; expected {utt.next_seq}"
+            )
         if segment.rate != utt.resampler.rate:
             raise TimelineError("rate", f"rate changed within utterance {segment.utterance!r}")
         utt.next_seq += 1
@@ -142,7 +146,7 @@ class SessionTimeline:
         first = tb.chunk_of_sample(cut)
         for index in [k for k in self._audio if k >= first]:
             offset = cut - index * tb.SAMPLES_PER_CHUNK
-            self._audio[index][max(0, offset):] = 0.0
+            self._audio[index][max(0, offset) :] = 0.0
         self._free_sample = cut
         return first, events
 

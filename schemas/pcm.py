@@ -53,7 +53,9 @@ class StreamResampler:
             return self._take(self.pushed - self.produced)
         # Output j needs inputs up to floor(j * rate / target) + _TAPS.
         ready = (self.pushed - _TAPS) * self.target // self.rate
-        return self._take(max(0, min(ready, to_clock(self.pushed, self.rate, self.target)) - self.produced))
+        return self._take(
+            max(0, min(ready, to_clock(self.pushed, self.rate, self.target)) - self.produced)
+        )
 
     def flush(self) -> np.ndarray:
         return self._take(to_clock(self.pushed, self.rate, self.target) - self.produced)

@@ -1,8 +1,8 @@
 """Configuration: one pydantic-settings model per service.
 
 Each model reads, from strongest to weakest: values given by the caller (CLI flags), environment
-variables (`FLOWACT_<SECTION>_<FIELD>`), its section of a YAML file (`--config` or `FLOWACT_CONFIG`),
-and its defaults. Build them once in `main()` and pass them down.
+variables (`FLOWACT_<SECTION>_<FIELD>`), its section of a YAML file (`--config` or
+`FLOWACT_CONFIG`), and its defaults. Build them once in `main()` and pass them down.
 """
 
 from __future__ import annotations

@@ -23,8 +23,13 @@ def speech(seconds: float, seed: int = 0) -> np.ndarray:
 def segments(utterance: str, samples: np.ndarray, piece: int = 3_200):
     pieces = [samples[i : i + piece] for i in range(0, len(samples), piece)]
     for seq, p in enumerate(pieces):
-        yield AudioSegment(utterance=utterance, seq=seq, pcm=float_to_s16(p),
-                           start_sample=0 if seq == 0 else None, end=seq == len(pieces) - 1)
+        yield AudioSegment(
+            utterance=utterance,
+            seq=seq,
+            pcm=float_to_s16(p),
+            start_sample=0 if seq == 0 else None,
+            end=seq == len(pieces) - 1,
+        )
 
 
 async def collect(bus, session: str, kind: str, until, timeout: float = 60.0) -> list:

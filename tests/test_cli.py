@@ -28,11 +28,22 @@ def test_help_lists_the_commands() -> None:
 
 @pytest.mark.redis
 def test_inject_then_tail(redis_url: str, session_id: str) -> None:
-    tail = subprocess.Popen([*FLOWACT, "tail", session_id, "--bus", redis_url, "--from-start"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tail = subprocess.Popen(
+        [*FLOWACT, "tail", session_id, "--bus", redis_url, "--from-start"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        done = run("inject", session_id, "waves with the right hand", "--duration", "1.5",
-                   "--bus", redis_url)
+        done = run(
+            "inject",
+            session_id,
+            "waves with the right hand",
+            "--duration",
+            "1.5",
+            "--bus",
+            redis_url,
+        )
         assert done.returncode == 0, done.stderr
         entry_id = done.stdout.strip()
         import redis
@@ -42,8 +53,9 @@ def test_inject_then_tail(redis_url: str, session_id: str) -> None:
         assert got_id.decode() == entry_id
         assert fields[b"text"] == b"waves with the right hand"
         assert fields[b"duration_frames"] == b"38"
-        client.xadd(f"flowact:{session_id}:events",
-                    {"type": "state", "state": "speaking", "actor": "agent"})
+        client.xadd(
+            f"flowact:{session_id}:events", {"type": "state", "state": "speaking", "actor": "agent"}
+        )
         line = json.loads(tail.stdout.readline())
         assert line["type"] == "state" and line["state"] == "speaking"
     finally:

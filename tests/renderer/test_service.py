@@ -39,8 +39,9 @@ def settings(**kw) -> RendererSettings:
 
 async def run_service(bus, parts, body, **kw) -> None:
     stop = asyncio.Event()
-    service = RendererService(bus, settings(**kw), BusSettings(url="memory://", claim_idle_ms=500),
-                              parts)
+    service = RendererService(
+        bus, settings(**kw), BusSettings(url="memory://", claim_idle_ms=500), parts
+    )
     task = asyncio.create_task(service.run(stop))
     try:
         await body(service)
@@ -59,18 +60,20 @@ async def test_five_seconds_of_speech_become_eleven_chunks(parts) -> None:
         for seg in segments("hello", audio):
             await publish(bus, "s1", seg)
         await publish(bus, "s1", BehaviorPrompt(text="waves", duration=1))
-        await publish(bus, "s1", SessionRequest(session="s1", preset="tiny",
-                                                image=encode_png(image)))
+        await publish(
+            bus, "s1", SessionRequest(session="s1", preset="tiny", image=encode_png(image))
+        )
         video = await collect(bus, "s1", "video", lambda out: len(out) >= 11)
-        events = await collect(bus, "s1", "events", lambda out: sum(
-            isinstance(e, UtteranceEvent) for e in out) >= 2)
+        events = await collect(
+            bus, "s1", "events", lambda out: sum(isinstance(e, UtteranceEvent) for e in out) >= 2
+        )
         await publish(bus, "s1", StopControl())
 
         assert [c.index for c in video[:11]] == list(range(11))
         pcm = np.concatenate([np.frombuffer(c.audio, "<i2") for c in video[:11]])
         expected = np.frombuffer(float_to_s16(audio), "<i2")
         assert np.array_equal(pcm[: len(expected)], expected)  # chunk k: samples [7680k, ...)
-        assert not pcm[len(expected):].any()
+        assert not pcm[len(expected) :].any()
         for chunk in video[:11]:
             assert isinstance(chunk, VideoChunk) and len(chunk.frames) == tb.FRAMES_PER_CHUNK
             assert decode_jpeg(chunk.frames[0]).shape == (32, 32, 3)
@@ -88,8 +91,9 @@ async def test_bad_input_becomes_an_error_event_and_the_session_goes_on(parts) -
         await publish(bus, "s2", SessionRequest(session="s2"))
         await bus.publish(stream_name("s2", "behavior"), {"text": "nods", "channel": "legs"})
         await publish(bus, "s2", AudioSegment(utterance="u", seq=3, pcm=b"\0\0" * 320))
-        events = await collect(bus, "s2", "events",
-                               lambda out: sum(e.type == "error" for e in out) >= 2)
+        events = await collect(
+            bus, "s2", "events", lambda out: sum(e.type == "error" for e in out) >= 2
+        )
         errors = {(e.field, e.reason.split(" ")[0]) for e in events if e.type == "error"}
         assert ("channel", "Input") in errors and ("seq", "utterance") in errors
         before = len(await bus.entries(stream_name("s2", "video")))
@@ -109,12 +113,19 @@ async def test_interrupt_drops_unrendered_speech(parts) -> None:
         for seg in segments("long", speech(8.0)):
             await publish(bus, "s3", seg.model_copy(update={"start_sample": None}))
         await publish(bus, "s3", InterruptControl())
-        events = await collect(bus, "s3", "events", lambda out: any(
-            isinstance(e, UtteranceEvent) and e.phase == "interrupted" for e in out))
+        events = await collect(
+            bus,
+            "s3",
+            "events",
+            lambda out: any(
+                isinstance(e, UtteranceEvent) and e.phase == "interrupted" for e in out
+            ),
+        )
         cut = next(e for e in events if getattr(e, "phase", None) == "interrupted")
-        video = await collect(bus, "s3", "video",
-                              lambda out: len(out) > tb.chunk_of_sample(cut.sample) + 4)
-        tail = np.concatenate([np.frombuffer(c.audio, "<i2") for c in video])[cut.sample:]
+        video = await collect(
+            bus, "s3", "video", lambda out: len(out) > tb.chunk_of_sample(cut.sample) + 4
+        )
+        tail = np.concatenate([np.frombuffer(c.audio, "<i2") for c in video])[cut.sample :]
         assert not tail.any()  # nothing after the cut is played
 
     await run_service(bus, parts, body)

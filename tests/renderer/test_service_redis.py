@@ -40,14 +40,25 @@ async def test_session_over_redis_with_redis_cli(redis_url, redis_cli, session_i
         for seg in segments("greeting", audio):
             await publish(bus, session_id, seg)
         behavior = stream_name(session_id, "behavior")
-        for args in (["text", "waves with the right hand", "duration", "2"],
-                     ["text", "nods", "channel", "legs"]):
-            subprocess.run([redis_cli, "-u", redis_url, "XADD", behavior, "*", *args],
-                           check=True, capture_output=True)
+        for args in (
+            ["text", "waves with the right hand", "duration", "2"],
+            ["text", "nods", "channel", "legs"],
+        ):
+            subprocess.run(
+                [redis_cli, "-u", redis_url, "XADD", behavior, "*", *args],
+                check=True,
+                capture_output=True,
+            )
         video = await collect(bus, session_id, "video", lambda out: len(out) >= 11)
-        events = await collect(bus, session_id, "events", lambda out: sum(
-            isinstance(e, UtteranceEvent) for e in out) >= 2 and any(
-            e.type == "error" for e in out))
+        events = await collect(
+            bus,
+            session_id,
+            "events",
+            lambda out: (
+                sum(isinstance(e, UtteranceEvent) for e in out) >= 2
+                and any(e.type == "error" for e in out)
+            ),
+        )
         await publish(bus, session_id, StopControl())
     finally:
         stop.set()

@@ -43,7 +43,6 @@ def test_chunk_k_carries_samples_of_its_window() -> None:
     assert not tl.plan(4).speaking
 
 
-
 def test_started_and_finished_events() -> None:
     tl = SessionTimeline()
     for seg in _segments("u1", _ramp(SPC + 320), 640, start=SPC // 2):
@@ -72,8 +71,11 @@ def test_resampled_at_the_edge() -> None:
     tone = np.sin(2 * np.pi * 300 * np.arange(rate) / rate).astype(np.float32) * 0.5
     pieces = [tone[i : i + 4_800] for i in range(0, rate, 4_800)]
     for seq, p in enumerate(pieces):
-        tl.add_audio(AudioSegment(utterance="u", seq=seq, rate=rate, pcm=float_to_s16(p),
-                                  end=seq == len(pieces) - 1))
+        tl.add_audio(
+            AudioSegment(
+                utterance="u", seq=seq, rate=rate, pcm=float_to_s16(p), end=seq == len(pieces) - 1
+            )
+        )
     got = np.concatenate([tl.plan(k).audio for k in range(3)])[: tb.SAMPLE_RATE]
     want = 0.5 * np.sin(2 * np.pi * 300 * np.arange(tb.SAMPLE_RATE) / tb.SAMPLE_RATE)
     assert np.abs(got[50:-50] - want[50:-50]).max() < 0.02
@@ -107,10 +109,18 @@ def test_prompts_per_channel_replace_and_overlay() -> None:
     tl = SessionTimeline()
     tl.add_prompt(BehaviorPrompt(text="nods", duration_frames=48, channel="posture"))
     tl.add_prompt(BehaviorPrompt(text="smiles", start_frame=12, duration_frames=24, channel="face"))
-    tl.add_prompt(BehaviorPrompt(text="tilts head", start_frame=24, duration_frames=24,
-                                 channel="posture"))
-    tl.add_prompt(BehaviorPrompt(text="looks left", start_frame=24, duration_frames=24,
-                                 channel="posture", overlap="overlay"))
+    tl.add_prompt(
+        BehaviorPrompt(text="tilts head", start_frame=24, duration_frames=24, channel="posture")
+    )
+    tl.add_prompt(
+        BehaviorPrompt(
+            text="looks left",
+            start_frame=24,
+            duration_frames=24,
+            channel="posture",
+            overlap="overlay",
+        )
+    )
     assert tl.plan(0).prompts == {"posture": ("nods",), "face": (), "gesture": (), "gaze": ()}
     assert tl.plan(1).prompts["face"] == ("smiles",)
     assert tl.plan(2).prompts["posture"] == ("tilts head", "looks left")

@@ -18,7 +18,9 @@ def test_clock_constants_agree() -> None:
 
 def test_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "flowact.yaml"
-    config.write_text("bus:\n  url: redis://127.0.0.1:6379/2\n  block_ms: 200\nlog:\n  format: json\n")
+    config.write_text(
+        "bus:\n  url: redis://127.0.0.1:6379/2\n  block_ms: 200\nlog:\n  format: json\n"
+    )
     assert BusSettings.load(config).url == "redis://127.0.0.1:6379/2"
     monkeypatch.setenv("FLOWACT_BUS_BLOCK_MS", "300")
     bus = BusSettings.load(config)
