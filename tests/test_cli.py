@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -85,3 +86,12 @@ def test_compose_services_run_real_commands() -> None:
         for option in (a for a in command[3:] if a.startswith("--")):
             assert option in helped.stdout, f"{name}: {option} is not an option of {command[:3]}"
     time.sleep(0)
+
+
+def test_every_command_the_readme_shows_exists() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    shown = set(re.findall(r"`flowact ((?:[a-z]+ )*[a-z]+)(?: [A-Z\[\-]|`)", readme))
+    assert {"inject", "tail", "bench bus", "bench renderer", "serve renderer"} <= shown
+    for command in sorted(shown):
+        done = run(*command.split(), "--help")
+        assert done.returncode == 0, f"README shows `flowact {command}`: {done.stderr}"
