@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from flowact.planner.base import PlanRequest, prompt, select
 from flowact.planner.prosody import Prosody, analyse
 from flowact.schemas import timebase as tb
+from flowact.schemas.agent_settings import PlannerSettings
 from flowact.schemas.messages import BehaviorPrompt, Channel
 
 SECOND = tb.FPS
@@ -111,6 +112,10 @@ class HeuristicPlanner:
         self.silence_db = silence_db
         self._rng = random.Random(seed)
         self._recent: dict[str, deque[str]] = defaultdict(lambda: deque(maxlen=2))
+
+    @classmethod
+    def from_settings(cls, settings: PlannerSettings) -> HeuristicPlanner:
+        return cls(seed=settings.seed, max_prompts=settings.max_prompts)
 
     async def plan(self, request: PlanRequest) -> list[BehaviorPrompt]:
         return self.plan_now(request)
