@@ -84,14 +84,17 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, boundary: int) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-@functools.lru_cache(maxsize=32)
-def _block_mask(boundary: int, length: int, device: torch.device):
+def _make_block_mask(boundary: int, length: int, device: torch.device):
     from torch.nn.attention.flex_attention import create_block_mask
 
     def mask_mod(b, h, q_idx, kv_idx):
         return (q_idx >= boundary) | (kv_idx < boundary)
 
     return create_block_mask(mask_mod, None, None, length, length, device=device)
+
+
+# the buffer's shape is fixed, so one mask per (boundary, length, device) is built once
+_cached_block_mask = functools.lru_cache(maxsize=32)(_make_block_mask)
 
 
 @functools.cache
@@ -102,7 +105,13 @@ def _flex_kernel(compiled: bool):
 
 
 def flex_attention(q: Tensor, k: Tensor, v: Tensor, boundary: int) -> Tensor:
-    block_mask = _block_mask(boundary, q.shape[2], q.device)
+    if torch.compiler.is_compiling():
+        # inside the caller's torch.compile: trace mask and kernel into its graph rather than
+        # calling a cache and a nested compiled function, which would break the graph
+        from torch.nn.attention.flex_attention import flex_attention as flex
+
+        return flex(q, k, v, block_mask=_make_block_mask(boundary, q.shape[2], q.device))
+    block_mask = _cached_block_mask(boundary, q.shape[2], q.device)
     return _flex_kernel(q.is_cuda)(q, k, v, block_mask=block_mask)
 
 

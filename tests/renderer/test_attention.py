@@ -16,9 +16,10 @@ CPU_BACKENDS = available_backends("cpu")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def _qkv(seed: int, length: int, batch: int = 2, heads: int = 2, head_dim: int = 16, **kw):
+def _qkv(seed: int, length: int, batch: int = 2, heads: int = 2, head_dim: int = 16, **to):
     gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, heads, length, head_dim, generator=gen, **kw) for _ in range(3)]
+    shape = (batch, heads, length, head_dim)
+    return [torch.randn(shape, generator=gen).to(**to) for _ in range(3)]
 
 
 def test_mask_blocks():
