@@ -5,12 +5,17 @@ every session of a worker. `SessionRenderer` holds one session's state: the stre
 the VAE decode cache and the audio feature streams. Per chunk the service calls `step(plan)`
 (the DiT forward; the chunk 3 ahead enters with `plan`'s conditioning) and then `decode(latents)`
 (the VAE), which it overlaps with the next `step`.
+
+`flowact.renderer.accel` speeds a `RendererParts` up in place: it may set `forward_factory`
+(each session's buffer forwards go through a CUDA-graph runner or a batcher shared by the
+sessions) and `decode_stream` (on CUDA, decode runs on a stream of its own beside the forward).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,7 +30,7 @@ from flowact.renderer.buffer import ChunkCondition
 from flowact.renderer.model import FlowActMMDiT
 from flowact.renderer.presets import BEHAVIOR_CHANNELS, RendererConfig, get_preset
 from flowact.renderer.sampler import FlowMatchEulerSampler
-from flowact.renderer.stream import StreamConfig, StreamingGenerator
+from flowact.renderer.stream import ForwardFn, StreamConfig, StreamingGenerator
 from flowact.renderer.text import HashTextEncoder, MiniLMTextEncoder
 from flowact.renderer.timeline import ChunkPlan
 
@@ -47,6 +52,8 @@ class RendererParts:
     text: HashTextEncoder | MiniLMTextEncoder
     micro_steps: int = 1
     trained: bool = False
+    forward_factory: Callable[[], ForwardFn] | None = None  # one forward callable per session
+    decode_stream: bool = False  # on CUDA, each session decodes on a stream of its own
 
     @classmethod
     def build(
@@ -112,7 +119,10 @@ class SessionRenderer:
             parts.model,
             FlowMatchEulerSampler(chunks=cfg.stream_chunks, micro_steps=parts.micro_steps),
             StreamConfig(refine_every=refine_every),
+            forward=parts.forward_factory() if parts.forward_factory is not None else None,
         )
+        on_cuda = parts.device.type == "cuda"
+        self._stream = torch.cuda.Stream(parts.device) if on_cuda and parts.decode_stream else None
         self._audio_stream = parts.audio.stream()
         self._groups = audio_mod.AudioGroupStream(cfg.audio_overlap)
         self._snapshots: dict[int, tuple] = {}  # audio-stream state before each pending chunk
@@ -136,7 +146,12 @@ class SessionRenderer:
         frames = self._to_tensor(image)  # [1, 1, 3, H, W]
         reference = self.parts.vae.encode(frames)  # [1, 1, C, h, w]
         self._decoder.reset()
-        self._decoder.push(reference)  # primes the causal cache; the reference frame is not shown
+        # primes the causal cache (the reference frame is not shown), on the decode stream so
+        # that the cache's tensors are made and freed on the stream that reads them
+        with self._decode_context(after_current=True):
+            self._decoder.push(reference)
+        if self._stream is not None:
+            reference.record_stream(self._stream)  # read there: keep its memory until done
         self._audio_stream.reset()
         self._groups.reset()
         self._snapshots.clear()
@@ -149,14 +164,30 @@ class SessionRenderer:
         latents = self.generator.step()
         self._snapshots.pop(self.generator.next_index - 1, None)
         self.generator.push(self._condition(entering))
+        if latents.is_cuda:
+            # the latents come back computed: a decode on another stream needs no event, and
+            # the caller's wall time of a step is its GPU time
+            torch.cuda.current_stream(latents.device).synchronize()
         return latents
 
     @torch.inference_mode()
     def decode(self, latents: Tensor) -> np.ndarray:
-        """Clean latents of one chunk -> frames `[12, H, W, 3]` uint8. Calls must keep order."""
-        frames = self._decoder.push(latents)[0]  # [12, 3, H, W]
-        pixels = ((frames.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        return pixels.permute(0, 2, 3, 1).cpu().numpy()
+        """Clean latents of one chunk (from `step`) -> frames `[12, H, W, 3]` uint8.
+
+        Calls must keep order. With `decode_stream` it runs on this session's own stream and
+        does not wait for forwards queued meanwhile (`step` returned computed latents).
+        """
+        with self._decode_context(after_current=False):
+            frames = self._decoder.push(latents)[0]  # [12, 3, H, W]
+            pixels = ((frames.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+            return pixels.permute(0, 2, 3, 1).cpu().numpy()  # the copy waits for this stream
+
+    def _decode_context(self, after_current: bool) -> contextlib.AbstractContextManager:
+        if self._stream is None:
+            return contextlib.nullcontext()
+        if after_current:  # inputs made on the caller's stream
+            self._stream.wait_stream(torch.cuda.current_stream(self._stream.device))
+        return torch.cuda.stream(self._stream)
 
     @torch.inference_mode()
     def interrupt(self, from_chunk: int, plans: Sequence[ChunkPlan]) -> list[int]:
@@ -201,4 +232,5 @@ class SessionRenderer:
         x = (
             torch.from_numpy(np.array(image)).to(self.parts.device).float() / 127.5 - 1.0
         )  # [H, W, 3]
-        return x.permute(2, 0, 1)[None, None]  # [1, 1, 3, H, W]
+        dtype = next(self.parts.vae.parameters()).dtype  # accel may run the VAE in bf16
+        return x.permute(2, 0, 1)[None, None].to(dtype)  # [1, 1, 3, H, W]

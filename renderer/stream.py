@@ -28,7 +28,7 @@ whole clip on a plain history, without the buffer class; the tests hold the two 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +37,9 @@ from torch import Tensor
 from flowact.renderer.buffer import ChunkCondition, ModelInputs, StreamBuffer
 from flowact.renderer.model import FlowActMMDiT
 from flowact.renderer.sampler import FlowMatchEulerSampler
+
+# The model's call signature: (x, t, audio, text, text_mask, n_context, guidance=None) -> velocity
+ForwardFn = Callable[..., Tensor]
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,9 @@ class StreamingGenerator:
     `[B, L, C, h, w]` of chunk `next_index`, and `push(condition)` for the chunk that enters
     (`next_chunk(condition)` does both). Gradients are off; wrap in `torch.inference_mode()`
     for the fastest path.
+
+    `forward`, when given, runs the buffer forwards instead of `model(...)` (same signature): a
+    CUDA-graph replay or a batcher shared by several sessions (`flowact.renderer.accel`).
     """
 
     def __init__(
@@ -70,10 +76,12 @@ class StreamingGenerator:
         model: FlowActMMDiT,
         sampler: FlowMatchEulerSampler,
         config: StreamConfig | None = None,
+        forward: ForwardFn | None = None,
     ):
         if sampler.chunks != model.config.stream_chunks:
             raise ValueError("sampler.chunks must equal the preset's stream_chunks")
         self.model = model
+        self.forward: ForwardFn = forward if forward is not None else model
         self.sampler = sampler
         self.config = config or StreamConfig()
         self.buffer: StreamBuffer | None = None
@@ -177,7 +185,7 @@ class StreamingGenerator:
     # -- the numbered steps
 
     def _forward(self, inputs: ModelInputs) -> Tensor:
-        return self.model(
+        return self.forward(
             inputs.x,
             inputs.t,
             inputs.audio,
