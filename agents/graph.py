@@ -117,10 +117,9 @@ async def hand_in(state: GraphState, runtime: Ctx) -> dict:
 
 
 async def speak(state: GraphState, runtime: Ctx) -> dict:
-    """Start playing a reply: from the next frame after the delay and after earlier speech."""
+    """Start playing a reply, after the start delay and after what the agent is still saying."""
     ctx, event, now = runtime.context, state["event"], state["now"]
     earliest = max(now + ctx.settings.start_delay_ms * MS, state["free_at"])
-    start = -(-earliest // tb.SAMPLES_PER_FRAME) * tb.SAMPLES_PER_FRAME
     utterance = ctx.new_id()
     if isinstance(event, Reply):
         await ctx.outbox.send(
@@ -129,19 +128,22 @@ async def speak(state: GraphState, runtime: Ctx) -> dict:
         pieces, captioned = ctx.tts.stream(event.text), True
     else:
         pieces, captioned = ctx.tts.stream(""), False
-    ctx.background.speak(ctx.speaker, utterance, start, pieces, captioned=captioned)
-    update = await _enter(state, runtime, "speaking", frame=start // tb.SAMPLES_PER_FRAME)
-    return update | {"utterance": utterance, "free_at": start, "idle_at": None}
+    ctx.background.speak(ctx.speaker, utterance, earliest, pieces, captioned=captioned)
+    update = {"utterance": utterance, "free_at": earliest, "idle_at": None}
+    if state["phase"] == "speaking":
+        return update  # one more utterance, played after the current one
+    frame = -(-earliest // tb.SAMPLES_PER_FRAME)
+    return update | await _enter(state, runtime, "speaking", frame=frame)
 
 
 async def published(state: GraphState, runtime: Ctx) -> dict:
-    """All of the utterance is on the bus: now its end is known."""
+    """All of an utterance is on the bus: it was said, and the last one's end is now known."""
     event = state["event"]
     assert isinstance(event, SpeechPublished)
-    if event.utterance != state["utterance"]:
-        return {}
-    spoken = [Turn("assistant", event.text)] if event.text else []
-    return {"idle_at": event.end, "free_at": max(state["free_at"], event.end), "history": spoken}
+    update: dict = {"history": [Turn("assistant", event.text)] if event.text else []}
+    if event.utterance == state["utterance"]:  # not one that another follows
+        update |= {"idle_at": event.end, "free_at": max(state["free_at"], event.end)}
+    return update
 
 
 async def go_idle(state: GraphState, runtime: Ctx) -> dict:

@@ -16,6 +16,7 @@ import structlog
 from flowact.agents.base import Responder, ResponderError, SpeechPiece, Turn
 from flowact.agents.events import AgentEvent, Reply, SpeechPublished
 from flowact.agents.speaker import Speaker
+from flowact.schemas import timebase as tb
 
 log = structlog.get_logger(__name__)
 
@@ -23,12 +24,13 @@ FALLBACK_REPLY = "Sorry, I lost my train of thought. Could you say that again?"
 
 
 class Background:
-    """At most one reply and one utterance in progress; results posted as events."""
+    """One reply being written, and utterances played one after another; results are posted
+    as events."""
 
     def __init__(self, post: Callable[[AgentEvent], None]) -> None:
         self.post = post
         self._reply: asyncio.Task[None] | None = None
-        self._speech: asyncio.Task[None] | None = None
+        self._speech: asyncio.Task[int] | None = None  # the last utterance; gives its end
 
     def think(self, responder: Responder, history: Sequence[Turn], turn: int) -> None:
         """Write the reply to user turn `turn`; posts `Reply`, with an apology when it fails."""
@@ -51,23 +53,27 @@ class Background:
         self,
         speaker: Speaker,
         utterance: str,
-        start: int,
+        earliest: int,
         pieces: AsyncIterator[SpeechPiece],
         *,
         captioned: bool,
     ) -> None:
-        """Play an utterance; posts `SpeechPublished` once every segment is on the bus."""
+        """Play an utterance from `earliest` (or after the one still playing, whichever is
+        later, on a frame boundary); posts `SpeechPublished` once every segment is out."""
+        previous = self._speech
 
-        async def run() -> None:
+        async def run() -> int:
+            after = await _end_of(previous)
+            start = _next_frame(max(earliest, after))
             try:
                 spoken = await speaker.speak(utterance, start, pieces, captioned=captioned)
             except Exception:  # noqa: BLE001 - e.g. the bus is down: stop speaking, do not hang
                 log.exception("publishing speech failed", utterance=utterance)
                 self.post(SpeechPublished(utterance, start, ""))
-                return
+                return start
             self.post(SpeechPublished(spoken.utterance, spoken.end, spoken.text))
+            return spoken.end
 
-        self.cancel_speech()
         self._speech = asyncio.create_task(run())
 
     def cancel_reply(self) -> None:
@@ -75,8 +81,9 @@ class Background:
             self._reply.cancel()
 
     def cancel_speech(self) -> None:
+        """Stop every utterance, the one playing and those waiting for it."""
         if self._speech is not None:
-            self._speech.cancel()
+            self._speech.cancel()  # a waiting utterance cancels the one it waits for, too
 
     async def close(self) -> None:
         for task in (self._reply, self._speech):
@@ -84,3 +91,20 @@ class Background:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+async def _end_of(task: asyncio.Task[int] | None) -> int:
+    """Where the utterance of `task` ends (0 when there is none or it failed)."""
+    if task is None:
+        return 0
+    try:
+        return await asyncio.shield(task) if not task.done() else task.result()
+    except asyncio.CancelledError:
+        if not task.cancelled():
+            task.cancel()  # we were cancelled while waiting: the earlier utterance stops too
+            raise
+        return 0
+
+
+def _next_frame(sample: int) -> int:
+    return -(-sample // tb.SAMPLES_PER_FRAME) * tb.SAMPLES_PER_FRAME

@@ -213,3 +213,35 @@ async def test_user_audio_at_other_rates_is_resampled(voice: bytes) -> None:
         await h.agent.settle()
         assert h.agent.phase == "listening"
         assert np.isclose(h.agent.context.voice._fed, len(voice) // 2, atol=2 * 480)
+
+
+async def test_handed_in_replies_play_back_to_back(voice: bytes) -> None:
+    """A voice assistant hands in two replies at once: the second waits for the first."""
+    from flowact.agents.passthrough_tts import PassthroughTTS
+
+    async with Harness(responder=None, tts=PassthroughTTS(), lead_ms=600) as h:
+        h.agent.say("Tell me two things.")
+        await h.wait_phase("thinking")
+        half = len(voice) // 2 // 2 * 2
+        for text, pcm in (("First thing.", voice[:half]), ("Second thing.", voice[half:])):
+            h.agent.hand_in(pcm[: len(pcm) // 2], tb.SAMPLE_RATE, text=text)
+            h.agent.hand_in(pcm[len(pcm) // 2 :], tb.SAMPLE_RATE, end=True)
+        await h.wait_phase("speaking")
+        for _ in range(40):  # play it out
+            h.clock.advance(tb.SAMPLES_PER_CHUNK)
+            await asyncio.sleep(0.01)
+        await h.wait_phase("idle")
+        segments = await h.messages("audio")
+        first, second = segments[0].utterance, segments[-1].utterance
+        assert first != second
+        one = [s for s in segments if s.utterance == first]
+        two = [s for s in segments if s.utterance == second]
+        assert one[-1].end and two[-1].end
+        gap = two[0].start_sample - (one[-1].start_sample + one[-1].samples)
+        assert 0 <= gap < tb.SAMPLES_PER_FRAME  # back to back, from the next frame
+        assert two[0].start_sample % tb.SAMPLES_PER_FRAME == 0
+        assert b"".join(s.pcm for s in one + two) == voice
+        assert await h.states() == ["thinking", "speaking", "idle"]
+        said = [m.text for m in await h.messages("events") if m.type == "transcript"]
+        assert said == ["First thing.", "Second thing."]
+        assert [t.text for t in h.agent.state["history"]][-2:] == said
