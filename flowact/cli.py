@@ -181,6 +181,83 @@ def serve_renderer(
     run_until_signalled(main)
 
 
+@serve_app.command("agent")
+def serve_agent_command(
+    ctx: typer.Context,
+    session: Annotated[str, typer.Option("--session", "-s", help="Session id the agent serves.")],
+    bus: BusOption = None,
+) -> None:
+    """Run the conversation agent of one session until interrupted or stopped."""
+    from flowact.agents.service import serve_agent
+    from flowact.bus.registry import open_bus
+    from flowact.schemas.agent_settings import AgentSettings, PlannerSettings
+
+    bus_settings = ctx.obj.bus_settings(bus)
+    agent = AgentSettings.load(ctx.obj.config)
+    planner = PlannerSettings.load(ctx.obj.config)
+
+    async def main(stop: asyncio.Event) -> None:
+        connection = open_bus(bus_settings.url)
+        try:
+            await serve_agent(
+                connection,
+                session,
+                agent,
+                stop=stop,
+                planner=planner,
+                block_ms=bus_settings.block_ms,
+            )
+        finally:
+            await connection.close()
+
+    run_until_signalled(main)
+
+
+@app.command()
+def say(
+    ctx: typer.Context,
+    session: Annotated[str, typer.Argument(help="Session id.")],
+    text: Annotated[str, typer.Argument(help="What the user says to the agent.")],
+    bus: BusOption = None,
+) -> None:
+    """Say something to a session's agent (as the user); the agent answers through the avatar."""
+    from flowact.agents.service import say as say_to_agent
+    from flowact.bus.registry import open_bus
+
+    async def main() -> str:
+        connection = open_bus(ctx.obj.bus_settings(bus).url)
+        try:
+            return await say_to_agent(connection, session, text)
+        finally:
+            await connection.close()
+
+    typer.echo(asyncio.run(main()))
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", "-o", help="MP4 file to write.")] = Path(
+        "out/demo.mp4"
+    ),
+    preset: PresetOption = None,
+    device: DeviceOption = None,
+) -> None:
+    """Run the whole system in one process (in-process bus, CPU) and record it to an MP4."""
+    from flowact.demo import run_demo
+    from flowact.schemas.agent_settings import AgentSettings
+
+    renderer = ctx.obj.renderer_settings(preset=preset, device=device)
+    agent = AgentSettings.load(ctx.obj.config)
+    result = asyncio.run(run_demo(out, renderer, agent))
+    stats = result.recording
+    typer.echo(f"wrote {result.path} ({stats.frames} frames, {stats.seconds:.1f} s of video)")
+    if result.first_chunk_s is not None:
+        typer.echo(f"time to first frame: {result.first_chunk_s * 1000:.0f} ms")
+    for error in result.errors:
+        typer.echo(f"error event: {error}", err=True)
+
+
 @bench_app.command("renderer")
 def bench_renderer(
     ctx: typer.Context,

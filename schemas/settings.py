@@ -103,7 +103,9 @@ class RendererSettings(Settings):
     worker: str = Field(default="", description="consumer name; empty: host-pid")
     capacity: int = Field(default=1, gt=0, description="sessions this worker renders at once")
     pace: float = Field(default=1.0, ge=0, description="speed vs real time; 0: as fast as it can")
-    lead_chunks: int = Field(default=2, ge=0, description="chunks rendered ahead of real time")
+    lead_chunks: int = Field(
+        default=0, ge=0, description="chunks published ahead of real time (viewers buffer anyway)"
+    )
     refine_every: int = Field(default=8, ge=0, description="memory refinement period; 0: off")
     jpeg_quality: int = Field(default=85, ge=10, le=100)
     seed: int = Field(default=0, ge=0)
