@@ -31,6 +31,10 @@ SYNC_SECONDS = 20.0
 SAMPLE_EVERY_S = 0.2
 MAX_AV_GAP_S = 0.080
 SESSION = "s1"  # the viewer fixture's default session
+CANVAS_PIXELS = """() => {
+  const canvas = document.getElementById("video");
+  return Array.from(canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data);
+}"""
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists() or shutil.which(str(CHROMIUM)) is None,
@@ -99,8 +103,12 @@ async def test_the_page_plays_in_sync_sends_input_and_recovers(viewer) -> None:
 
 async def check_sync(page) -> None:
     before = await page.evaluate("() => flowact.stats")
+    first_picture = await page.evaluate(CANVAS_PIXELS)
     pairs = await sample_clocks(page, SYNC_SECONDS)
     after = await page.evaluate("() => flowact.stats")
+    last_picture = await page.evaluate(CANVAS_PIXELS)
+    assert len(first_picture) == 32 * 32 * 4 and any(first_picture)  # the tiny preset's frames
+    assert first_picture != last_picture
     gaps = [abs(audio - video) for audio, video in pairs]
     assert len(pairs) > 0.8 * SYNC_SECONDS / SAMPLE_EVERY_S, "the clocks stopped running"
     assert max(gaps) < MAX_AV_GAP_S, f"picture and sound {max(gaps) * 1000:.0f} ms apart"
