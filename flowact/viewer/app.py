@@ -90,17 +90,27 @@ def build_app(
         return FileResponse(STATIC / "index.html", headers={"cache-control": "no-store"})
 
     async def config(request: Request) -> Response:
-        return JSONResponse({
-            "session": session,
-            "jitter_chunks": jitter_chunks,
-            "behaviors": [b.model_dump(mode="json", include=BUTTON_FIELDS) for b in behaviors],
-            "timebase": {"fps": tb.FPS, "frames_per_chunk": tb.FRAMES_PER_CHUNK,
-                         "sample_rate": tb.SAMPLE_RATE, "samples_per_chunk": tb.SAMPLES_PER_CHUNK},
-        })
+        return JSONResponse(
+            {
+                "session": session,
+                "jitter_chunks": jitter_chunks,
+                "behaviors": [b.model_dump(mode="json", include=BUTTON_FIELDS) for b in behaviors],
+                "timebase": {
+                    "fps": tb.FPS,
+                    "frames_per_chunk": tb.FRAMES_PER_CHUNK,
+                    "sample_rate": tb.SAMPLE_RATE,
+                    "samples_per_chunk": tb.SAMPLES_PER_CHUNK,
+                },
+            }
+        )
 
     async def transcript(request: Request) -> Response:
-        return await _post(request, lambda body: TranscriptEvent(
-            speaker="user", final=True, producer_id=f"{SOURCE}-{secrets.token_hex(6)}:0", **body))
+        return await _post(
+            request,
+            lambda body: TranscriptEvent(
+                speaker="user", final=True, producer_id=f"{SOURCE}-{secrets.token_hex(6)}:0", **body
+            ),
+        )
 
     async def behavior(request: Request) -> Response:
         return await _post(request, lambda body: BehaviorPrompt(source=SOURCE, **body))
@@ -121,11 +131,15 @@ def build_app(
             field, reason = _explain(err)
             return JSONResponse({"error": reason, "field": field}, 422)
         entry_id = await publish(bus, sid, message)
-        log.info("viewer published", session=sid, type=message.type,  # type: ignore[attr-defined]
-                 id=entry_id)
+        log.info(
+            "viewer published",
+            session=sid,
+            type=message.type,  # type: ignore[attr-defined]
+            id=entry_id,
+        )
         return JSONResponse({"id": entry_id, "message": json.loads(event_text(message))})
 
-    async def socket(websocket: WebSocket) -> None:
+    async def live(websocket: WebSocket) -> None:
         sid = _session_or_none(websocket.path_params["session"])
         if sid is None:
             await websocket.close(code=1008, reason="not a session id")
@@ -133,14 +147,16 @@ def build_app(
         await websocket.accept()
         await _stream_session(bus, websocket, sid, block_ms)
 
-    return Starlette(routes=[
-        Route("/", page),
-        Route("/api/config", config),
-        Route("/api/sessions/{session}/transcript", transcript, methods=["POST"]),
-        Route("/api/sessions/{session}/behavior", behavior, methods=["POST"]),
-        WebSocketRoute("/ws/{session}", socket),
-        Mount("/static", StaticFiles(directory=STATIC), name="static"),
-    ])
+    return Starlette(
+        routes=[
+            Route("/", page),
+            Route("/api/config", config),
+            Route("/api/sessions/{session}/transcript", transcript, methods=["POST"]),
+            Route("/api/sessions/{session}/behavior", behavior, methods=["POST"]),
+            WebSocketRoute("/ws/{session}", live),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        ]
+    )
 
 
 async def _stream_session(bus: Bus, websocket: WebSocket, sid: str, block_ms: int) -> None:
@@ -189,8 +205,9 @@ async def _pump(
             try:
                 message = codec.decode(entry.fields, stream)
             except codec.MessageError as err:
-                log.debug("viewer skipped an invalid entry", stream=stream, id=entry.id,
-                          reason=err.reason)
+                log.debug(
+                    "viewer skipped an invalid entry", stream=stream, id=entry.id, reason=err.reason
+                )
                 continue
             try:
                 await send(render(message))
@@ -230,8 +247,9 @@ async def serve_app(
     sock: socket.socket | None = None,
 ) -> None:
     """Serve `app` until `stop` is set. `sock`: an already bound socket (port 0 in tests)."""
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="off",
-                            timeout_graceful_shutdown=2)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_config=None, lifespan="off", timeout_graceful_shutdown=2
+    )
     server = _Server(config)
     serving = asyncio.create_task(server.serve(sockets=[sock] if sock is not None else None))
     stopping = asyncio.create_task(stop.wait())
