@@ -63,7 +63,8 @@ class BehaviorScheduler:
                 return
         now_frame = self.clock.now_sample() // tb.SAMPLES_PER_FRAME
         for prompt in prompts:
-            if (prompt.start_frame or now_frame) + prompt.duration_frames <= now_frame:
+            start = now_frame if prompt.start_frame is None else prompt.start_frame
+            if start + prompt.duration_frames <= now_frame:
                 self.late += 1
                 continue
             await self.outbox.send(prompt)
@@ -76,7 +77,8 @@ class ListeningWindows:
     """Windows of the user's speech, planned as they fill: nods and attention while listening.
 
     The user's audio arrives live, so a full window is already in the past; its prompts are
-    placed from the current playback frame on.
+    placed from the current playback frame on. The stance at the start of listening is planned
+    when the phase begins, so these windows are never `first`.
     """
 
     def __init__(self, behaviors: BehaviorScheduler, clock: SessionClock, frames: int) -> None:
@@ -84,7 +86,6 @@ class ListeningWindows:
         self.clock = clock
         self.frames = frames
         self._pcm = bytearray()
-        self._count = 0
 
     def add(self, pcm: bytes) -> None:
         self._pcm += pcm
@@ -96,7 +97,6 @@ class ListeningWindows:
     def reset(self) -> None:
         """A new turn of the user begins."""
         self._pcm.clear()
-        self._count = 0
 
     def _submit(self, pcm: bytes) -> None:
         request = PlanRequest(
@@ -105,7 +105,5 @@ class ListeningWindows:
             state="listening",
             speaker="user",
             pcm=pcm,
-            first=self._count == 0,
         )
         self.behaviors.submit(request)
-        self._count += 1
