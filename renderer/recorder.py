@@ -63,9 +63,10 @@ class Mp4Recorder:
 
     The file is opened at the first chunk, whose size fixes the video size (rounded up to even
     numbers, which yuv420p needs; frames of another size are scaled to it). A chunk whose index
-    equal to the last one added is a duplicate and is dropped; a lower one means the session was
+    equals the last one added is a duplicate and is dropped; a lower one means the session was
     started anew (its chunks count from 0 again), and the new chunks follow the recorded ones.
-    `close()` flushes the encoders and finalises the file. Not thread-safe: one writer.
+    `close()` flushes the encoders and finalises the file; the recorder takes no chunk after it.
+    Not thread-safe: one writer.
     """
 
     def __init__(self, path: str | Path, *, crf: int = 20, preset: str = "veryfast") -> None:
@@ -82,6 +83,7 @@ class Mp4Recorder:
         self._chunks = 0
         self._filled = 0
         self._size = (0, 0)
+        self._closed = False
 
     @property
     def stats(self) -> RecordingStats:
@@ -95,6 +97,8 @@ class Mp4Recorder:
 
     def add(self, chunk: VideoChunk) -> None:
         """Append one chunk; fill any chunks missing before it."""
+        if self._closed:
+            raise RuntimeError(f"recorder of {self.path} is closed")
         if self._container is None:
             self._open(chunk)
             self._offset = -chunk.index
@@ -108,8 +112,8 @@ class Mp4Recorder:
         slot = chunk.index + self._offset
         if slot > self._next:
             missing = slot - self._next
-            log.warning("chunks missing; holding the last frame with silence", first=
-                        self._next - self._offset, count=missing, path=str(self.path))
+            log.warning("chunks missing; holding the last frame with silence",
+                        first=self._next - self._offset, count=missing, path=str(self.path))
             for _ in range(missing):
                 self._write(self._held_frames(), np.zeros(tb.SAMPLES_PER_CHUNK, "<i2"))
                 self._filled += 1
@@ -120,6 +124,9 @@ class Mp4Recorder:
 
     def close(self) -> RecordingStats:
         """Flush both encoders and finalise the file. No chunk added: no file is written."""
+        if self._closed:
+            return self.stats
+        self._closed = True
         if self._container is None:
             log.warning("nothing recorded; no file written", path=str(self.path))
             return self.stats

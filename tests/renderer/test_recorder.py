@@ -112,9 +112,11 @@ def test_a_restarted_session_is_appended_and_odd_sizes_are_evened(tmp_path) -> N
     assert dominant_hz(info["pcm"], 2)[0] == pytest.approx(TONES[2], abs=5)
 
 
-def test_nothing_recorded_writes_no_file(tmp_path) -> None:
-    stats = Mp4Recorder(tmp_path / "none.mp4").close()
-    assert stats.chunks == 0 and not (tmp_path / "none.mp4").exists()
+def test_nothing_recorded_writes_no_file_and_a_closed_recorder_takes_no_chunk(tmp_path) -> None:
+    recorder = Mp4Recorder(tmp_path / "none.mp4")
+    assert recorder.close().chunks == 0 and not (tmp_path / "none.mp4").exists()
+    with pytest.raises(RuntimeError, match="closed"):
+        recorder.add(chunk(0, COLOURS[0], TONES[0]))
 
 
 async def test_record_session_of_a_tiny_renderer(tmp_path) -> None:
