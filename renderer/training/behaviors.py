@@ -1,0 +1,383 @@
+"""Behaviors of the synthetic avatar world: controls, labelled behaviors, timelines.
+
+A character is driven by `len(CONTROLS)` ground-truth controls per frame (25 fps), each a float
+in a small fixed range. Mouth openness comes from speech (`speech.mouth_from_pcm`); everything
+else is idle motion (sways, blinks, glances) plus the behaviors commanded on the four prompt
+channels, blended in and out over `RAMP_SECONDS` so that prompt changes are smooth transitions.
+
+Every behavior has training prompts and held-out paraphrases (`heldout`) that training never
+shows; evaluation commands behaviors with the held-out ones. `classify` reads behaviors back
+from a window of controls (ground truth or the pose probe's reading of generated frames) by
+nearest prototype, which is what the behavior-accuracy metric uses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from flowact.renderer.presets import BEHAVIOR_CHANNELS
+from flowact.schemas.timebase import FPS, FRAMES_PER_CHUNK
+
+CONTROLS: tuple[str, ...] = (
+    "mouth",  # 0 closed .. 1 wide open, from the speech envelope
+    "yaw",  # -1 .. 1 head turned screen-left .. screen-right
+    "pitch",  # -1 up .. 1 down
+    "roll",  # -1 .. 1 head tilted toward screen-left .. screen-right
+    "smile",  # -1 frown .. 1 smile
+    "brows",  # 0 rest .. 1 raised
+    "gaze_x",  # -1 .. 1
+    "gaze_y",  # -1 up .. 1 down
+    "eyes",  # 0 shut (blink) .. 1 wide
+    "l_raise",  # screen-left upper arm: 0 down .. 1 straight up
+    "l_bend",  # forearm angle relative to the upper arm, -1 .. 1
+    "r_raise",
+    "r_bend",
+    "lean",  # 0 upright .. 1 leaning toward the viewer
+)
+C = {name: i for i, name in enumerate(CONTROLS)}
+RAMP_SECONDS = 0.24
+EYES_REST = 0.75
+
+
+@dataclass(frozen=True)
+class Behavior:
+    """A labelled behavior: what it sets, what oscillates, and how people ask for it."""
+
+    name: str
+    channel: str
+    prompts: tuple[str, ...]  # training phrasings
+    heldout: tuple[str, ...]  # evaluation phrasings, never trained on
+    targets: tuple[tuple[str, float], ...] = ()  # control -> value held while active
+    oscillate: tuple[tuple[str, float, float], ...] = ()  # control, amplitude, Hz
+
+
+# fmt: off
+BEHAVIORS: tuple[Behavior, ...] = (
+    # posture
+    Behavior("tilt_left", "posture",
+             ("tilts the head to the left", "leans the head to one side, left",
+              "cocks the head toward the left shoulder", "tips the head left"),
+             ("inclines the head leftward", "head tilted over to the left"),
+             (("roll", -0.8),)),
+    Behavior("tilt_right", "posture",
+             ("tilts the head to the right", "leans the head to one side, right",
+              "cocks the head toward the right shoulder", "tips the head right"),
+             ("inclines the head rightward", "head tilted over to the right"),
+             (("roll", 0.8),)),
+    Behavior("lean_in", "posture",
+             ("leans slightly forward, listening", "leans in toward the viewer",
+              "moves closer to the camera", "bends forward with interest"),
+             ("draws nearer, attentive", "inclines the body toward the camera"),
+             (("lean", 1.0),)),
+    # gaze (the planner puts nods and head shakes on this channel too)
+    Behavior("nod", "gaze",
+             ("nods", "nods firmly", "gives a clear nod", "nods the head up and down"),
+             ("bobs the head in agreement", "signals yes with the head"),
+             (), (("pitch", 0.8, 2.5),)),
+    Behavior("shake", "gaze",
+             ("shakes the head", "shakes the head slightly", "gives a small head shake",
+              "turns the head side to side"),
+             ("signals no with the head", "wags the head left and right"),
+             (), (("yaw", 0.8, 2.0),)),
+    Behavior("look_up", "gaze",
+             ("looks up and to the side, thinking", "glances upward in thought",
+              "raises the eyes to the ceiling", "looks up"),
+             ("gazes upward, pondering", "eyes turned to the sky"),
+             (("gaze_y", -1.0), ("gaze_x", 0.5), ("pitch", -0.5))),
+    Behavior("look_down", "gaze",
+             ("looks down for a moment", "looks down, considering the question",
+              "lowers the gaze", "glances at the floor"),
+             ("casts the eyes downward", "peers down toward the ground"),
+             (("gaze_y", 1.0), ("pitch", 0.6))),
+    Behavior("look_left", "gaze",
+             ("looks to the left", "glances aside briefly", "turns the eyes to the left",
+              "looks off to the left side"),
+             ("peeks over to the left", "shifts the gaze leftward"),
+             (("gaze_x", -1.0), ("yaw", -0.5))),
+    Behavior("look_right", "gaze",
+             ("looks to the right", "glances to the right side", "turns the eyes to the right",
+              "looks off to the right"),
+             ("peeks over to the right", "shifts the gaze rightward"),
+             (("gaze_x", 1.0), ("yaw", 0.5))),
+    # face
+    Behavior("smile", "face",
+             ("smiles warmly", "breaks into a gentle smile", "smiles", "grins happily"),
+             ("beams with joy", "wears a cheerful expression"),
+             (("smile", 1.0),)),
+    Behavior("frown", "face",
+             ("frowns", "looks displeased", "frowns with concern", "pulls a sad face"),
+             ("scowls unhappily", "wears a gloomy expression"),
+             (("smile", -1.0), ("brows", -0.3))),
+    Behavior("surprise", "face",
+             ("raises the eyebrows with a curious look", "looks surprised",
+              "widens the eyes in surprise", "raises both eyebrows"),
+             ("looks astonished", "appears startled, eyebrows up"),
+             (("brows", 1.0), ("eyes", 1.15))),
+    # gesture
+    Behavior("wave", "gesture",
+             ("waves with the right hand", "raises a hand and waves hello",
+              "gives a friendly wave", "waves goodbye with the right hand"),
+             ("greets with a waving hand", "lifts a hand in a goodbye wave"),
+             (("r_raise", 0.55), ("r_bend", 0.5)), (("r_bend", 0.2, 2.2),)),
+    Behavior("spread", "gesture",
+             ("spreads both arms wide", "opens the arms in a wide sweep",
+              "stretches both arms out to the sides", "holds the arms wide open"),
+             ("extends the arms sideways", "arms flung out wide"),
+             (("l_raise", 0.5), ("r_raise", 0.5), ("l_bend", 0.1), ("r_bend", 0.1))),
+    Behavior("raise_both", "gesture",
+             ("raises both hands", "throws both arms up in the air", "lifts both arms high",
+              "puts both hands up"),
+             ("reaches both arms toward the sky", "holds both hands overhead"),
+             (("l_raise", 0.85), ("r_raise", 0.85), ("l_bend", 0.0), ("r_bend", 0.0))),
+    Behavior("point", "gesture",
+             ("points to the side with the right hand", "points at something to the right",
+              "extends the right arm and points", "indicates the right with a pointed arm"),
+             ("gestures toward the right with an outstretched arm", "directs attention rightward"),
+             (("r_raise", 0.5), ("r_bend", 0.05))),
+    Behavior("hand_chest", "gesture",
+             ("touches the chest with the right hand", "places a hand on the heart",
+              "rests a hand on the chest", "puts the right hand over the heart"),
+             ("lays a palm against the chest", "holds a hand to the heart"),
+             (("r_raise", 0.05), ("r_bend", -0.6))),
+)
+# fmt: on
+
+BEHAVIOR_INDEX = {b.name: i for i, b in enumerate(BEHAVIORS)}
+CHANNEL_BEHAVIORS: dict[str, tuple[int, ...]] = {
+    ch: tuple(i for i, b in enumerate(BEHAVIORS) if b.channel == ch) for ch in BEHAVIOR_CHANNELS
+}
+
+
+def prompt_table() -> tuple[list[str], dict[int, list[int]], dict[int, list[int]]]:
+    """All prompt strings, and per behavior the ids of its training and held-out prompts."""
+    texts: list[str] = []
+    train: dict[int, list[int]] = {}
+    heldout: dict[int, list[int]] = {}
+    for i, b in enumerate(BEHAVIORS):
+        train[i] = list(range(len(texts), len(texts) + len(b.prompts)))
+        texts += b.prompts
+        heldout[i] = list(range(len(texts), len(texts) + len(b.heldout)))
+        texts += b.heldout
+    return texts, train, heldout
+
+
+# ---------------------------------------------------------------------------------- timelines
+
+
+@dataclass(frozen=True)
+class TimelineConfig:
+    """How behavior segments are laid out over a clip; lengths in chunks (0.48 s)."""
+
+    min_chunks: int = 2
+    max_chunks: int = 8
+    idle_prob: float = 0.35  # a segment with no prompt on that channel
+    heldout: bool = False  # use the held-out paraphrases
+
+
+@dataclass
+class Timeline:
+    """Per frame and channel: behavior id and prompt id (-1 = none). `[T, channels]` each."""
+
+    behavior: np.ndarray
+    prompt: np.ndarray
+
+    @property
+    def frames(self) -> int:
+        return self.behavior.shape[0]
+
+
+def sample_timeline(frames: int, rng: np.random.Generator, cfg: TimelineConfig) -> Timeline:
+    """Random behavior segments per channel, switching on chunk boundaries."""
+    _, train, heldout = prompt_table()
+    phrasings = heldout if cfg.heldout else train
+    behavior = np.full((frames, len(BEHAVIOR_CHANNELS)), -1, np.int64)
+    prompt = np.full_like(behavior, -1)
+    for ch, channel in enumerate(BEHAVIOR_CHANNELS):
+        start = 0
+        while start < frames:
+            length = int(rng.integers(cfg.min_chunks, cfg.max_chunks + 1)) * FRAMES_PER_CHUNK
+            stop = min(frames, start + length)
+            if rng.random() >= cfg.idle_prob:
+                b = int(rng.choice(CHANNEL_BEHAVIORS[channel]))
+                behavior[start:stop, ch] = b
+                prompt[start:stop, ch] = int(rng.choice(phrasings[b]))
+            start = stop
+    return Timeline(behavior, prompt)
+
+
+def constant_timeline(frames: int, behaviors: dict[str, str], heldout: bool = True) -> Timeline:
+    """One behavior per channel for the whole clip (first phrasing); channel -> behavior name."""
+    _, train, held = prompt_table()
+    phrasings = held if heldout else train
+    behavior = np.full((frames, len(BEHAVIOR_CHANNELS)), -1, np.int64)
+    prompt = np.full_like(behavior, -1)
+    for ch, channel in enumerate(BEHAVIOR_CHANNELS):
+        if channel in behaviors:
+            b = BEHAVIOR_INDEX[behaviors[channel]]
+            behavior[:, ch], prompt[:, ch] = b, phrasings[b][0]
+    return Timeline(behavior, prompt)
+
+
+# ----------------------------------------------------------------------------------- controls
+
+
+def _smoothstep(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3 - 2 * x)
+
+
+def idle_controls(frames: int, rng: np.random.Generator) -> np.ndarray:
+    """Breathing sways, slow gaze drift and blinks, starting from the neutral pose; `[T, K]`."""
+    t = np.arange(frames) / FPS
+    out = np.zeros((frames, len(CONTROLS)), np.float32)
+
+    def sway(amplitude: float) -> np.ndarray:
+        freqs = rng.uniform(0.08, 0.35, 2)
+        phases = rng.uniform(0, 2 * math.pi, 2)
+        wave = sum(np.sin(2 * math.pi * f * t + p) - math.sin(p) for f, p in zip(freqs, phases))
+        return amplitude * wave / 2
+
+    for name, amplitude in (("yaw", 0.12), ("pitch", 0.08), ("roll", 0.08), ("lean", 0.05)):
+        out[:, C[name]] = sway(amplitude)
+    out[:, C["lean"]] = np.abs(out[:, C["lean"]])
+    for name in ("gaze_x", "gaze_y"):
+        out[:, C[name]] = sway(0.2)
+    for side in ("l", "r"):
+        out[:, C[f"{side}_raise"]] = 0.05 + np.abs(sway(0.03))
+        out[:, C[f"{side}_bend"]] = 0.1 + sway(0.05)
+    out[:, C["eyes"]] = EYES_REST * _blinks(frames, rng)
+    return out
+
+
+def _blinks(frames: int, rng: np.random.Generator) -> np.ndarray:
+    """1 with dips to 0 every 2-6 s (a blink lasts about 0.16 s)."""
+    open_ = np.ones(frames, np.float32)
+    at = rng.uniform(0.5, 3.0) * FPS
+    while at < frames:
+        centre = int(at)
+        for d, v in ((-2, 0.5), (-1, 0.1), (0, 0.0), (1, 0.2), (2, 0.6)):
+            if 0 <= centre + d < frames:
+                open_[centre + d] = min(open_[centre + d], v)
+        at += rng.uniform(2.0, 6.0) * FPS
+    return open_
+
+
+def behavior_controls(base: np.ndarray, timeline: Timeline) -> np.ndarray:
+    """Blend each channel's behavior segments into `base` controls `[T, K]`."""
+    out = base.copy()
+    frames = timeline.frames
+    t = np.arange(frames) / FPS
+    ramp = RAMP_SECONDS
+    for ch in range(len(BEHAVIOR_CHANNELS)):
+        ids = timeline.behavior[:, ch]
+        edges = np.flatnonzero(np.diff(ids)) + 1
+        starts = np.concatenate([[0], edges])
+        stops = np.concatenate([edges, [frames]])
+        for start, stop in zip(starts, stops):
+            b = ids[start]
+            if b < 0:
+                continue
+            behavior = BEHAVIORS[b]
+            t0, t1 = start / FPS, stop / FPS
+            # segments at the clip start are already on: the clip begins mid-behavior
+            rise = 1.0 if start == 0 else _smoothstep((t - t0) / ramp)
+            env = rise * (1 - _smoothstep((t - t1) / ramp)) * (t >= t0)
+            for name, value in behavior.targets:
+                k = C[name]
+                out[:, k] += env * (value - out[:, k])
+            for name, amplitude, hz in behavior.oscillate:
+                out[:, C[name]] += env * amplitude * np.sin(2 * math.pi * hz * (t - t0))
+    return out
+
+
+def controls_for(
+    timeline: Timeline, mouth: np.ndarray, rng: np.random.Generator, start_neutral: bool = True
+) -> np.ndarray:
+    """Ground-truth controls `[T, K]`: idle motion, behaviors and the speech mouth."""
+    base = idle_controls(timeline.frames, rng)
+    if not start_neutral:
+        base[:, C["eyes"]] = EYES_REST
+    out = behavior_controls(base, timeline)
+    out[:, C["mouth"]] = mouth[: timeline.frames]
+    return out
+
+
+def neutral_controls(frames: int = 1) -> np.ndarray:
+    """The rest pose of a reference image: mouth closed, eyes open, arms down; `[T, K]`."""
+    out = np.zeros((frames, len(CONTROLS)), np.float32)
+    out[:, C["eyes"]] = EYES_REST
+    for side in ("l", "r"):
+        out[:, C[f"{side}_raise"]] = 0.05
+        out[:, C[f"{side}_bend"]] = 0.1
+    return out
+
+
+def random_controls(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Independent controls spread over their ranges: probe training sees every combination."""
+    u = rng.uniform(-1, 1, (n, len(CONTROLS))).astype(np.float32)
+    out = u.copy()
+    out[:, C["mouth"]] = np.clip(rng.uniform(-0.3, 1.0, n), 0, 1)
+    out[:, C["brows"]] = rng.uniform(-0.3, 1.0, n)
+    out[:, C["eyes"]] = np.clip(rng.uniform(-0.2, 1.2, n), 0, 1.15)
+    for side in ("l", "r"):
+        out[:, C[f"{side}_raise"]] = rng.uniform(0, 0.9, n)
+        out[:, C[f"{side}_bend"]] = rng.uniform(-0.7, 0.75, n)
+    out[:, C["lean"]] = rng.uniform(0, 1, n)
+    return out
+
+
+# ----------------------------------------------------------------------------- classification
+
+# What each channel's classifier looks at in a window of controls: means and spreads.
+_FEATURES: dict[str, tuple[tuple[str, str], ...]] = {
+    "posture": (("mean", "roll"), ("mean", "lean")),
+    "gaze": (("std", "pitch"), ("std", "yaw"), ("mean", "gaze_x"), ("mean", "gaze_y"),
+             ("mean", "pitch"), ("mean", "yaw")),
+    "face": (("mean", "smile"), ("mean", "brows")),
+    "gesture": (("mean", "l_raise"), ("mean", "r_raise"), ("mean", "r_bend"),
+                ("std", "r_bend"), ("mean", "l_bend")),
+}  # fmt: skip
+
+
+def window_features(controls: np.ndarray, channel: str) -> np.ndarray:
+    """Features of windows of controls `[..., T, K]` for one channel -> `[..., n]`."""
+    cols = []
+    for stat, name in _FEATURES[channel]:
+        x = controls[..., C[name]]
+        cols.append(x.mean(-1) if stat == "mean" else x.std(-1))
+    return np.stack(cols, -1)
+
+
+def prototypes(window: int = 2 * FRAMES_PER_CHUNK, seed: int = 0) -> dict[str, np.ndarray]:
+    """Per channel `[1 + n_behaviors, n]`: row 0 idle, then the channel's behaviors in order,
+    each the feature mean of steady-state ground-truth windows."""
+    rng = np.random.default_rng(seed)
+    frames = 6 * window
+    out = {}
+    for channel in BEHAVIOR_CHANNELS:
+        rows = []
+        for b in (None, *CHANNEL_BEHAVIORS[channel]):
+            feats = []
+            for _ in range(16):
+                spec = {} if b is None else {channel: BEHAVIORS[b].name}
+                timeline = constant_timeline(frames, spec)
+                ctrl = controls_for(timeline, np.zeros(frames, np.float32), rng, False)
+                wins = ctrl[: (frames // window) * window].reshape(-1, window, len(CONTROLS))
+                feats.append(window_features(wins, channel))
+            rows.append(np.concatenate(feats).mean(0))
+        out[channel] = np.stack(rows)
+    return out
+
+
+def classify(controls: np.ndarray, channel: str, protos: dict[str, np.ndarray]) -> np.ndarray:
+    """Windows of controls `[N, T, K]` -> behavior id per window (-1 idle), by nearest prototype
+    in features scaled by the prototypes' spread."""
+    table = protos[channel]
+    scale = table.std(0) + 1e-3
+    feats = window_features(controls, channel)  # [N, n]
+    dist = (((feats[:, None] - table[None]) / scale) ** 2).sum(-1)  # [N, 1 + behaviors]
+    labels = np.array((-1, *CHANNEL_BEHAVIORS[channel]))
+    return labels[dist.argmin(-1)]

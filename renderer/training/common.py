@@ -1,0 +1,155 @@
+"""Pieces every training stage shares: resumable state files, a time-budgeted step loop, EMA,
+and the device / precision choice.
+
+A stage keeps one state file (`<workdir>/<stage>/state.pt`: modules, optimizer, step, losses).
+`run_steps` continues from the saved step, saves every `save_every` steps and when its
+wall-clock budget runs out, so a long run is many short pieces (each a few minutes) that pick
+up where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+import torch
+from torch import nn
+from tqdm import tqdm
+
+log = structlog.get_logger(__name__)
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; full precision on CPU (tests compare losses exactly there)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class StageState:
+    """What a stage saves: its modules and optimizers by name, the step, the loss history."""
+
+    modules: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0  # wall-clock time spent in this stage over all pieces
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        blob = {
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "step": self.step,
+            "losses": self.losses,
+            "seconds": self.seconds,
+        }
+        tmp = path.with_suffix(".tmp")
+        torch.save(blob, tmp)
+        tmp.replace(path)
+
+    def load(self, path: Path) -> bool:
+        """Restore from `path` if it exists; returns whether it did."""
+        if not path.is_file():
+            return False
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        for k, m in self.modules.items():
+            m.load_state_dict(blob["modules"][k])
+        for k, o in self.optimizers.items():
+            if k in blob["optimizers"]:
+                o.load_state_dict(blob["optimizers"][k])
+        self.step, self.losses = blob["step"], blob["losses"]
+        self.seconds = blob.get("seconds", 0.0)
+        log.info("stage_resumed", path=str(path), step=self.step)
+        return True
+
+
+def run_steps(
+    state: StageState,
+    step_fn: Callable[[int], float],
+    steps: int,
+    path: Path | None,
+    seconds: float = math.inf,
+    save_every: int = 500,
+    desc: str = "train",
+    progress: bool = True,
+) -> StageState:
+    """Call `step_fn(step)` from `state.step` up to `steps`, within `seconds` of wall time
+    (checked before every step, so a spent budget runs nothing); saves to `path` every
+    `save_every` steps and at the end when any step ran."""
+    start = last = time.monotonic()
+    first = state.step
+    bar = tqdm(total=steps, initial=state.step, desc=desc, disable=not progress)
+    while state.step < steps and time.monotonic() - start < seconds:
+        loss = step_fn(state.step)
+        state.step += 1
+        state.losses.append(loss)
+        bar.update(1)
+        if state.step % 20 == 0:
+            bar.set_postfix(loss=f"{mean_of(state.losses, 20):.4f}")
+        now = time.monotonic()
+        state.seconds += now - last
+        last = now
+        if path is not None and state.step % save_every == 0:
+            state.save(path)
+    bar.close()
+    if path is not None and state.step > first:
+        state.save(path)
+    log.info("stage_piece_done", desc=desc, step=state.step, seconds=round(state.seconds, 1))
+    return state
+
+
+def progress_of(state: StageState, steps: int, seconds: float) -> float:
+    """How far a stage is, 0..1, by steps or by its whole wall-clock budget."""
+    by_time = state.seconds / seconds if math.isfinite(seconds) and seconds > 0 else 0.0
+    return min(1.0, max(state.step / max(1, steps), by_time))
+
+
+def cosine_lr(base: float, step: int, progress: float, warmup: int, floor: float = 0.1) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to `floor * base` by progress 1."""
+    warm = min(1.0, (step + 1) / max(1, warmup))
+    return base * warm * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class EMA:
+    """Exponential moving average of a module's parameters (the weights that get shipped)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        # warm start: early on the average follows the model closely
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for ema, live in zip(self.model.parameters(), model.parameters()):
+            ema.lerp_(live.detach(), 1 - decay)
+
+
+def batches(n: int, size: int) -> Iterator[slice]:
+    for s in range(0, n, size):
+        yield slice(s, min(n, s + size))
+
+
+def mean_of(values: list[float], last: int) -> float:
+    tail = values[-last:]
+    return sum(tail) / max(1, len(tail))
+
+
+def describe(state: StageState) -> dict[str, Any]:
+    return {"step": state.step, "seconds": round(state.seconds, 1),
+            "loss_last100": round(mean_of(state.losses, 100), 5)}  # fmt: skip
