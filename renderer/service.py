@@ -50,6 +50,7 @@ from flowact.schemas.streams import SESSIONS_STREAM
 log = structlog.get_logger(__name__)
 
 SESSIONS_GROUP = "renderers"
+CLOCK_EVERY_CHUNKS = 4  # about 2 s between clock reports
 INPUT_GROUP = "renderer"
 
 
@@ -177,6 +178,8 @@ class SessionRunner:
         self._interrupt: int | None = None
         self.chunks = 0
         self.first_chunk_s: float | None = None
+        self._last_state: str | None = None
+        self._behind = False
 
     async def run(self, service_stop: asyncio.Event) -> None:
         options = ConsumerOptions(
@@ -198,9 +201,7 @@ class SessionRunner:
             self.stopped.set()
             watcher.cancel()
             await asyncio.gather(inputs, return_exceptions=True)
-            await publish(
-                self.bus,
-                self.session,
+            await self._event(
                 StateEvent(actor="renderer", state="stopped", frame=self.timeline.playhead_frame),
             )
             log.info("session stopped", session=self.session, chunks=self.chunks)
@@ -208,6 +209,9 @@ class SessionRunner:
     async def _watch(self, service_stop: asyncio.Event) -> None:
         await service_stop.wait()
         self.stopped.set()
+
+    async def _event(self, event: Message) -> None:
+        await publish(self.bus, self.session, event, maxlen=self.bus_settings.events_maxlen)
 
     # -- inputs -----------------------------------------------------------------------------------
 
@@ -271,14 +275,12 @@ class SessionRunner:
                 None if self._image is None else load_reference(self._image, cfg.height, cfg.width)
             )
         except ValueError as err:
-            await publish(self.bus, self.session, ErrorEvent(reason=str(err), field="image"))
+            await self._event(ErrorEvent(reason=str(err), field="image"))
             image = None
         # Chunk numbering goes on across restarts: the clock belongs to the session.
         plans = [self.timeline.plan(self.chunks + i) for i in range(lookahead)]
         await asyncio.to_thread(self.renderer.start, image, plans)
-        await publish(
-            self.bus,
-            self.session,
+        await self._event(
             StateEvent(actor="renderer", state="started", frame=self.timeline.playhead_frame),
         )
 
@@ -287,7 +289,7 @@ class SessionRunner:
         self._interrupt = None
         first, events = self.timeline.interrupt(from_sample)
         for event in events:
-            await publish(self.bus, self.session, event)
+            await self._event(event)
         plans = [self.timeline.plan(self.chunks + i) for i in range(lookahead)]
         restarted = await asyncio.to_thread(self.renderer.interrupt, first, plans)
         log.info("interrupt", session=self.session, first_chunk=first, restarted=restarted)
@@ -299,6 +301,7 @@ class SessionRunner:
         period = tb.CHUNK_SECONDS / self.settings.pace
         due = started + (index - self.settings.lead_chunks) * period
         delay = due - asyncio.get_running_loop().time()
+        self._behind = delay < -period / 4
         if delay > 0:
             await asyncio.sleep(delay)
         elif -delay > period:
@@ -327,7 +330,22 @@ class SessionRunner:
             self.first_chunk_s = asyncio.get_running_loop().time() - started
             log.info("first chunk", session=self.session, seconds=round(self.first_chunk_s, 3))
         for event in self.timeline.emitted(index):
-            await publish(self.bus, self.session, event)
+            await self._event(event)
+        await self._report_clock(chunk)
+
+    async def _report_clock(self, chunk: VideoChunk) -> None:
+        """Say where playback is when it starts or stops speaking, every few chunks, and every
+        chunk while behind real time.
+
+        Agents follow this clock (it is the video's clock, not the wall's), so their speech
+        lands where they meant it even when the renderer runs slower than real time.
+        """
+        changed = chunk.state != self._last_state
+        if changed or self._behind or chunk.index % CLOCK_EVERY_CHUNKS == 0:
+            self._last_state = chunk.state
+            await self._event(
+                StateEvent(actor="renderer", state=chunk.state, frame=chunk.first_frame)
+            )
 
     def _forward(self, plan: ChunkPlan) -> Tensor:
         with self._stage("forward"):

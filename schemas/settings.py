@@ -90,6 +90,7 @@ class BusSettings(Settings):
     max_deliveries: int = Field(default=5, gt=0, description="deliveries before dead-lettering")
     claim_idle_ms: int = Field(default=30_000, gt=0, description="idle time before reclaiming")
     video_maxlen: int = Field(default=512, gt=0, description="video entries kept per session")
+    events_maxlen: int = Field(default=10_000, gt=0, description="events kept per session")
 
 
 class RendererSettings(Settings):
