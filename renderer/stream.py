@@ -89,6 +89,10 @@ class StreamingGenerator:
         self.emitted = 0  # chunks emitted since start
         self.next_index = 0  # index of the next chunk to leave
         self._next_entry = 0  # index the next pushed chunk must have
+        # set by start(), on the model's device
+        self._levels = torch.empty(0)  # [micro_steps + 1, chunks] stream levels per micro-step
+        self._refine_levels = torch.empty(0)  # [refine_steps + 1]
+        self._guidance: Tensor | None = None  # [B]
 
     # -- lifecycle
 
@@ -291,8 +295,8 @@ def unrolled_generate(
     """
     cfg = model.config
     chunks, micro_steps = sampler.chunks, sampler.micro_steps
-    sigmas = sampler.stream_sigmas.to(reference.device)
     param = next(model.parameters())
+    sigmas = sampler.stream_sigmas.to(param.device)
     reference = _as_latent(reference).to(param.device, param.dtype)
     batch = reference.shape[0]
     guidance = None
@@ -305,8 +309,7 @@ def unrolled_generate(
         torch.zeros(batch, 1, cfg.text_slots, dtype=torch.bool, device=param.device),
     )
     ref = _chunk_latents(reference, empty)[0]
-    memory_size = cfg.long_term_size + cfg.short_term_size
-    history = [ref] * memory_size  # clean latents that reached memory, oldest first
+    history = [ref] * (cfg.long_term_size + cfg.short_term_size)  # reached memory, oldest first
 
     anchor = reference.expand(-1, cfg.latents_per_chunk, -1, -1, -1)
     noisy = {}  # chunk index -> latents in the stream
@@ -316,25 +319,10 @@ def unrolled_generate(
 
     out = []
     for k in range(len(conditions) - chunks):
-        window = range(k, k + chunks)
         for micro in range(micro_steps):
-            steps = [(k + chunks - 1 - j) * micro_steps + micro for j in window]
-            frames = [ref, *history[-memory_size:]]
-            for j in window:
-                frames += _chunk_latents(noisy[j], conditions[j])
-            t = torch.cat(
-                [
-                    torch.zeros(
-                        len(frames) - len(window) * cfg.latents_per_chunk, device=sigmas.device
-                    )
-                ]
-                + [sigmas[n].expand(cfg.latents_per_chunk) for n in steps]
+            _unrolled_micro_step(
+                model, sampler, k, micro, ref, history, noisy, conditions, guidance
             )
-            velocity = _forward_frames(model, frames, t, cfg.context_latents, guidance)
-            for pos, (j, n) in enumerate(zip(window, steps, strict=True)):
-                start = cfg.context_latents + pos * cfg.latents_per_chunk
-                v = velocity[:, start : start + cfg.latents_per_chunk]
-                noisy[j] = sampler.step(v, sigmas[n], sigmas[n + 1], noisy[j])
         clean = noisy.pop(k)
         out.append(clean)
         history += _chunk_latents(clean, conditions[k])[-cfg.short_term_size :]
@@ -342,6 +330,35 @@ def unrolled_generate(
             _refine_history(model, sampler, config, ref, history, guidance, generator)
         noisy[k + chunks] = _noise(anchor, generator)
     return torch.cat(out, dim=1)
+
+
+def _unrolled_micro_step(
+    model: FlowActMMDiT,
+    sampler: FlowMatchEulerSampler,
+    k: int,
+    micro: int,
+    ref: _Latent,
+    history: list[_Latent],
+    noisy: dict[int, Tensor],
+    conditions: Sequence[ChunkCondition],
+    guidance: Tensor | None,
+) -> None:
+    """One forward while chunk k is the oldest in the stream; Euler-steps chunks k.. in place."""
+    cfg = model.config
+    chunks, per_chunk = sampler.chunks, cfg.latents_per_chunk
+    sigmas = sampler.stream_sigmas.to(ref.x.device)
+    window = range(k, k + chunks)
+    steps = [(k + chunks - 1 - j) * sampler.micro_steps + micro for j in window]
+    frames = [ref, *history[-(cfg.long_term_size + cfg.short_term_size) :]]
+    for j in window:
+        frames += _chunk_latents(noisy[j], conditions[j])
+    context = torch.zeros(cfg.context_latents, device=sigmas.device)
+    t = torch.cat([context] + [sigmas[n].expand(per_chunk) for n in steps])
+    velocity = _forward_frames(model, frames, t, cfg.context_latents, guidance)
+    for pos, (j, n) in enumerate(zip(window, steps, strict=True)):
+        start = cfg.context_latents + pos * per_chunk
+        v = velocity[:, start : start + per_chunk]
+        noisy[j] = sampler.step(v, sigmas[n], sigmas[n + 1], noisy[j])
 
 
 def _refine_history(
