@@ -231,3 +231,24 @@ def test_call_order_is_enforced(model):
         gen.push(condition(4))
     with pytest.raises(RuntimeError, match="start"):
         StreamingGenerator(model, FlowMatchEulerSampler()).step()
+
+
+def test_sampler_schedule_and_exact_straight_path():
+    sampler = FlowMatchEulerSampler(shift=3.0, chunks=3, micro_steps=2)
+    assert sampler.nfe_per_chunk == 6
+    sigmas = sampler.stream_sigmas
+    assert sigmas[0] == 1 and sigmas[-1] == 0 and (sigmas[1:] < sigmas[:-1]).all()
+    assert (sigmas[1:-1] > torch.linspace(1, 0, 7)[1:-1]).all()  # shift > 1 keeps more noise
+    table = sampler.level_table()
+    assert table.shape == (3, 3)
+    assert torch.equal(table[-1, 1:], table[0, :-1])  # after a period each chunk is one slot on
+    assert table[-1, 0] == 0 and table[0, -1] == 1
+    assert sampler.refine_levels(0.4, 2)[0] == pytest.approx(0.4)
+    # flow matching paths are straight: with the true velocity one Euler step lands exactly
+    gen = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(2, 3, 4, 4, 4, generator=gen), torch.randn(2, 3, 4, 4, 4, generator=gen)
+    t = torch.tensor([[0.9, 0.5, 0.2], [1.0, 0.3, 0.6]])
+    x_t = sampler.add_noise(x0, noise, t)
+    landed = sampler.step(noise - x0, t, torch.zeros_like(t), x_t)
+    torch.testing.assert_close(landed, x0)
+    assert torch.equal(sampler.add_noise(x0, noise, torch.ones(3)), noise)  # [F] levels broadcast
