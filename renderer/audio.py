@@ -77,6 +77,11 @@ class AudioState:
     samples: Tensor | None = None  # [B, n_fft - hop + remainder]
     convs: dict[nn.Module, Tensor] = field(default_factory=dict)
 
+    def copy(self) -> AudioState:
+        """A snapshot to go back to. Streams replace these tensors rather than write into
+        them, so sharing the tensors is safe; the conv modules stay the keys."""
+        return AudioState(self.samples, dict(self.convs))
+
     def nbytes(self) -> int:
         tensors = list(self.convs.values()) + ([self.samples] if self.samples is not None else [])
         return sum(t.numel() * t.element_size() for t in tensors)

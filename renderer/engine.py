@@ -191,23 +191,36 @@ class SessionRenderer:
 
     @torch.inference_mode()
     def interrupt(self, from_chunk: int, plans: Sequence[ChunkPlan]) -> list[int]:
-        """Re-condition the chunks still in the stream from `from_chunk` on (barge-in)."""
+        """Barge-in: chunks still in the stream from `from_chunk` on restart from noise under
+        the new plans (their old audio is gone)."""
+        pending, conditions = self._reconditioned(from_chunk, plans)
+        return self.generator.interrupt(pending[0], conditions) if pending else []
+
+    @torch.inference_mode()
+    def refresh(self, from_chunk: int, plans: Sequence[ChunkPlan]) -> list[int]:
+        """Late input: chunks still in the stream from `from_chunk` on keep their latents and
+        take the new plans' conditioning for the steps they have left."""
+        pending, conditions = self._reconditioned(from_chunk, plans)
+        return self.generator.recondition(conditions) if pending else []
+
+    def _reconditioned(
+        self, from_chunk: int, plans: Sequence[ChunkPlan]
+    ) -> tuple[list[int], list[ChunkCondition]]:
+        """Chunks in the stream from `from_chunk` on, and their conditions recomputed from the
+        audio state each had (the audio features are causal, so later chunks follow)."""
         pending = [i for i in self.generator.pending_indices if i >= from_chunk]
         if not pending:
-            return []
+            return [], []
         by_index = {p.index: p for p in plans}
         self._restore(pending[0])
-        conditions = [self._condition(by_index[i]) for i in pending]
-        return self.generator.interrupt(pending[0], conditions)
+        return pending, [self._condition(by_index[i]) for i in pending]
 
     # -- conditioning ---------------------------------------------------------------------------
 
     def _condition(self, plan: ChunkPlan) -> ChunkCondition:
         cfg, device = self.parts.config, self.parts.device
-        self._snapshots[plan.index] = (
-            copy.deepcopy(self._audio_stream.state),
-            copy.deepcopy(self._groups),
-        )
+        # Both streams replace their state tensors on every push, so shallow copies suffice.
+        self._snapshots[plan.index] = (self._audio_stream.state.copy(), copy.copy(self._groups))
         pcm = torch.from_numpy(plan.audio).to(device)[None]  # [1, 7680]
         features = self._audio_stream.push(pcm)  # [1, 12, Da]
         audio = self._groups.push(features).current  # [1, 3, W, Da]
@@ -224,7 +237,8 @@ class SessionRenderer:
         return ChunkCondition(plan.index, audio, text, mask)
 
     def _restore(self, index: int) -> None:
-        self._audio_stream.state, self._groups = self._snapshots[index]
+        state, groups = self._snapshots[index]
+        self._audio_stream.state, self._groups = state.copy(), copy.copy(groups)
         for later in [i for i in self._snapshots if i >= index]:
             del self._snapshots[later]
 

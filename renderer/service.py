@@ -258,6 +258,7 @@ class SessionRunner:
             if self._interrupt is not None:
                 await self._apply_interrupt(lookahead)
             await self._pace(started, self.chunks)
+            await self._refresh(lookahead)
             index = self.chunks
             latents = await asyncio.to_thread(self._forward, self.timeline.plan(index + lookahead))
             if publishing is not None:
@@ -293,6 +294,14 @@ class SessionRunner:
         plans = [self.timeline.plan(self.chunks + i) for i in range(lookahead)]
         restarted = await asyncio.to_thread(self.renderer.interrupt, first, plans)
         log.info("interrupt", session=self.session, first_chunk=first, restarted=restarted)
+
+    async def _refresh(self, lookahead: int) -> None:
+        """Audio or prompts that arrived for chunks already in the stream reach them now."""
+        changed = self.timeline.take_changed()
+        if changed is None or changed >= self.chunks + lookahead:
+            return  # nothing changed, or only chunks that have not entered yet
+        plans = [self.timeline.plan(self.chunks + i) for i in range(lookahead)]
+        await asyncio.to_thread(self.renderer.refresh, changed, plans)
 
     async def _pace(self, started: float, index: int) -> None:
         if self.settings.pace <= 0:

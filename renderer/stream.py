@@ -180,6 +180,26 @@ class StreamingGenerator:
             buffer.set_chunk(slot, self.sampler.add_noise(anchor, noise, levels[slot]), condition)
         return indices
 
+    @torch.no_grad()
+    def recondition(self, conditions: Sequence[ChunkCondition]) -> list[int]:
+        """New conditioning for stream chunks still being denoised; their latents stay.
+
+        Audio that arrives after its chunk entered the stream (or a prompt given late) still
+        steers the steps that chunk has left. Conditions for chunks not in the stream are
+        ignored; returns the indices updated.
+        """
+        buffer = self._require_started()
+        slots = {
+            index: slot for slot, index in enumerate(buffer.chunk_indices) if index is not None
+        }
+        updated = []
+        for condition in conditions:
+            slot = slots.get(condition.index)
+            if slot is not None:
+                buffer.set_chunk(slot, buffer.chunk(slot).clone(), condition)
+                updated.append(condition.index)
+        return updated
+
     @property
     def pending_indices(self) -> list[int]:
         """Chunk indices in the stream now, oldest first."""

@@ -71,6 +71,7 @@ class SessionTimeline:
     _prompts: dict[Channel, list[_Prompt]] = field(default_factory=lambda: defaultdict(list))
     _free_sample: int = 0  # where the next utterance without a start may begin
     _cut: deque[str] = field(default_factory=lambda: deque(maxlen=256))  # interrupted ids
+    _changed: int | None = None  # the earliest chunk whose plan changed since `take_changed`
     dropped_samples: int = 0
 
     @property
@@ -130,6 +131,7 @@ class SessionTimeline:
                 elif old.start >= start:
                     old.stop = old.start  # a later prompt on this channel is replaced too
         lane[:] = [p for p in lane if p.stop > p.start] + [new]
+        self._touch(tb.chunk_of_frame(start))
 
     def interrupt(self, from_sample: int | None = None) -> tuple[int, list[UtteranceEvent]]:
         """Drop agent speech from `from_sample` (default: the playhead) on.
@@ -149,6 +151,14 @@ class SessionTimeline:
             self._audio[index][max(0, offset) :] = 0.0
         self._free_sample = cut
         return first, events
+
+    def take_changed(self) -> int | None:
+        """The earliest chunk whose plan changed since the last call (None: none did)."""
+        changed, self._changed = self._changed, None
+        return changed
+
+    def _touch(self, index: int) -> None:
+        self._changed = index if self._changed is None else min(self._changed, index)
 
     # --- output ------------------------------------------------------------------------------
 
@@ -200,6 +210,8 @@ class SessionTimeline:
             self.dropped_samples += late
             log.warning("late audio dropped", samples=late, playhead=self.playhead)
             start, samples = start + late, samples[late:]
+        if len(samples):
+            self._touch(tb.chunk_of_sample(start))
         while len(samples):
             index, offset = divmod(start, tb.SAMPLES_PER_CHUNK)
             take = min(len(samples), tb.SAMPLES_PER_CHUNK - offset)

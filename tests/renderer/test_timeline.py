@@ -131,3 +131,12 @@ def test_out_of_order_emit_is_an_error() -> None:
     tl = SessionTimeline()
     with pytest.raises(ValueError, match="out of order"):
         tl.emitted(1)
+
+
+def test_changes_are_reported_from_the_earliest_chunk() -> None:
+    tl = SessionTimeline()
+    assert tl.take_changed() is None
+    tl.add_audio(AudioSegment(utterance="u", seq=0, start_sample=3 * SPC + 5, pcm=b"\1\0" * 10))
+    tl.add_prompt(BehaviorPrompt(text="nods", start_frame=2 * tb.FRAMES_PER_CHUNK))
+    assert tl.take_changed() == 2
+    assert tl.take_changed() is None
