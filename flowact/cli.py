@@ -213,6 +213,60 @@ def serve_agent_command(
     run_until_signalled(main)
 
 
+@serve_app.command("viewer")
+def serve_viewer_command(
+    ctx: typer.Context,
+    session: Annotated[str, typer.Option("--session", "-s", help="Session shown first.")] = "demo",
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    bus: BusOption = None,
+) -> None:
+    """Serve the live browser viewer: video with audio, agent state, a text box, behaviors."""
+    from flowact.viewer import serve_viewer
+
+    url = ctx.obj.bus_settings(bus).url
+    typer.echo(f"viewer on http://{host}:{port}/ (session {session})")
+    run_until_signalled(lambda stop: serve_viewer(url, host, port, stop=stop, session=session))
+
+
+@app.command()
+def record(
+    ctx: typer.Context,
+    session: Annotated[str, typer.Argument(help="Session id.")],
+    out: Annotated[Path, typer.Argument(help="MP4 file to write.")],
+    chunks: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Stop after this many chunks (default: until Ctrl-C)."),
+    ] = None,
+    from_start: Annotated[
+        bool, typer.Option(help="Start from the oldest chunk the stream still holds.")
+    ] = False,
+    bus: BusOption = None,
+) -> None:
+    """Record a live session's video and audio to an MP4 (H.264 + AAC)."""
+    from flowact.bus.registry import open_bus
+    from flowact.renderer.recorder import record_session
+
+    url = ctx.obj.bus_settings(bus).url
+
+    async def main(stop: asyncio.Event) -> None:
+        connection = open_bus(url)
+        try:
+            stats = await record_session(
+                connection,
+                session,
+                out,
+                stop=stop,
+                max_chunks=chunks,
+                after="0" if from_start else "$",
+            )
+        finally:
+            await connection.close()
+        typer.echo(f"wrote {out} ({stats.frames} frames, {stats.seconds:.1f} s)")
+
+    run_until_signalled(main)
+
+
 @app.command()
 def say(
     ctx: typer.Context,

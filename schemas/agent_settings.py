@@ -53,11 +53,14 @@ class AgentSettings(Settings):
 
     # Publishing agent speech on the session clock.
     segment_ms: int = Field(default=240, ge=20, le=480, description="audio segment length")
+    # A chunk's audio conditions it from its first denoising step when it is on the bus before
+    # the chunk enters the renderer's stream: `stream_chunks` (3) chunk periods before playback.
+    # Later audio still plays and still steers the steps the chunk has left.
     lead_ms: int = Field(
-        default=2 * _CHUNK_MS, ge=0, description="how far ahead of playback speech is published"
+        default=4 * _CHUNK_MS, ge=0, description="how far ahead of playback speech is published"
     )
     start_delay_ms: int = Field(
-        default=_CHUNK_MS, ge=0, description="gap between 'now' and the first sample of a reply"
+        default=3 * _CHUNK_MS, ge=0, description="gap between 'now' and the first sample of a reply"
     )
 
     # Listening.

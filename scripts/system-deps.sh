@@ -2,7 +2,7 @@
 # Debian packages the tests use, and a Redis server on 127.0.0.1:6379 when none listens.
 set -euo pipefail
 
-packages=(redis-server redis-tools espeak-ng)
+packages=(redis-server redis-tools espeak-ng chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
