@@ -11,14 +11,15 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from flowact.agents.service import serve_agent
 from flowact.bus.redis import RedisStreamsBus
-from flowact.bus.typed import publish
 from flowact.renderer.engine import RendererParts
 from flowact.renderer.service import RendererService
 from flowact.schemas import codec
-from flowact.schemas.messages import ErrorEvent, SessionRequest, StopControl
+from flowact.schemas.agent_settings import AgentSettings
+from flowact.schemas.messages import ErrorEvent, TranscriptEvent, UtteranceEvent
 from flowact.schemas.settings import BusSettings, RendererSettings
-from flowact.schemas.streams import stream_name
+from flowact.schemas.streams import SESSIONS_STREAM, stream_name
 
 pytestmark = pytest.mark.redis
 
@@ -46,39 +47,51 @@ async def test_redis_cli_session_of_the_protocol_doc(redis_url: str, redis_cli: 
     await _clear(redis_url)
     bus = RedisStreamsBus(redis_url)
     stop = asyncio.Event()
-    settings = RendererSettings(preset="tiny", text_encoder="hash", pace=1.0, worker="doc")
+    settings = RendererSettings(preset="tiny", text_encoder="hash", worker="doc")
     parts = RendererParts.build("tiny", text_encoder="hash")
-    service = RendererService(bus, settings, BusSettings(url=redis_url, block_ms=100), parts)
-    worker = asyncio.create_task(service.run(stop))
+    renderer = RendererService(bus, settings, BusSettings(url=redis_url, block_ms=100), parts)
+    workers = [
+        asyncio.create_task(renderer.run(stop)),
+        asyncio.create_task(serve_agent(bus, SESSION, AgentSettings(), stop=stop, block_ms=100)),
+    ]
     events = stream_name(SESSION, "events")
+    # Before some commands, wait for what a person would wait for (watching `flowact tail`).
+    waits = {
+        "XRANGE": lambda m: isinstance(m, ErrorEvent),
+        "interrupt": lambda m: isinstance(m, UtteranceEvent) and m.phase == "started",
+        "stop": lambda m: isinstance(m, UtteranceEvent) and m.phase == "interrupted",
+    }
+    outputs = []
     try:
-        await publish(bus, SESSION, SessionRequest(session=SESSION, preset="tiny"))
-        await _until(bus, events, lambda m: m.type == "state" and m.state == "started")
-        outputs = []
         for command in doc_commands():
             argv = shlex.split(command)
-            if argv[1] == "XREVRANGE":  # wait until the renderer answered the bad entry
-                await _until(bus, events, lambda m: isinstance(m, ErrorEvent))
+            for key, check in waits.items():
+                if key in argv:
+                    await _until(bus, events, check)
             done = subprocess.run([redis_cli, *argv[1:]], capture_output=True, text=True)
             assert done.returncode == 0 and "ERR" not in done.stdout, (command, done.stdout)
             outputs.append(done.stdout)
-        await publish(bus, SESSION, StopControl())
+            if argv[2] == SESSIONS_STREAM:
+                await _until(bus, events, lambda m: m.type == "state" and m.state == "started")
+        await _until(bus, events, lambda m: m.type == "state" and m.state == "stopped")
+        seen = [codec.decode(e.fields, events) for e in await bus.entries(events)]
     finally:
         stop.set()
-        await asyncio.wait_for(worker, 10)
+        await asyncio.wait_for(asyncio.gather(*workers), 10)
         await bus.close()
         await _clear(redis_url)
 
-    shown = outputs[-1].splitlines()  # redis-cli prints raw lines when not on a terminal
-    fields = dict(zip(shown[1::2], shown[2::2], strict=False))
-    assert fields["type"] == "error" and fields["field"] == "channel"
-    assert "posture" in fields["reason"] and fields["stream"] == "flowact:demo:behavior"
-    prompts = [o.strip() for o in outputs[:2]]
-    assert all(re.fullmatch(r"\d+-\d+", p) for p in prompts)  # entry ids of accepted prompts
+    dead = outputs[5].splitlines()  # redis-cli prints raw lines when not on a terminal
+    fields = dict(zip(dead[1::2], dead[2::2], strict=False))
+    assert fields["channel"] == "legs" and fields["dead_field"] == "channel"
+    assert "posture" in fields["dead_reason"]
+    assert any(isinstance(m, TranscriptEvent) and m.speaker == "agent" for m in seen)
+    error = next(m for m in seen if isinstance(m, ErrorEvent))
+    assert error.field == "channel" and error.stream == stream_name(SESSION, "behavior")
 
 
 async def _until(bus: RedisStreamsBus, events: str, check) -> None:  # noqa: ANN001
-    async with asyncio.timeout(20):
+    async with asyncio.timeout(30):
         while True:
             for entry in await bus.entries(events):
                 if check(codec.decode(entry.fields, events)):
