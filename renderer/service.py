@@ -125,6 +125,14 @@ class RendererService:
                 ),
             )
             return
+        if request.session in self.runners:
+            reason = f"session {request.session!r} is already rendering; send a start control"
+            await publish(
+                self.bus,
+                request.session,
+                ErrorEvent(reason=reason, field="session", stream=entry.stream, entry_id=entry.id),
+            )
+            return
         assert self.parts is not None
         runner = SessionRunner(
             self.bus, request, self.parts, self.settings, self.bus_settings, self.profiler

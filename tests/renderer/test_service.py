@@ -129,3 +129,18 @@ async def test_interrupt_drops_unrendered_speech(parts) -> None:
         assert not tail.any()  # nothing after the cut is played
 
     await run_service(bus, parts, body)
+
+
+async def test_a_second_request_for_a_running_session_is_refused(parts) -> None:
+    bus = MemoryBus()
+
+    async def body(service) -> None:
+        await publish(bus, "s4", SessionRequest(session="s4"))
+        await collect(bus, "s4", "video", lambda out: len(out) >= 1)
+        await publish(bus, "s4", SessionRequest(session="s4", seed=1))
+        events = await collect(bus, "s4", "events", lambda out: any(e.type == "error" for e in out))
+        error = next(e for e in events if e.type == "error")
+        assert error.field == "session" and "already rendering" in error.reason
+        assert list(service.runners) == ["s4"]
+
+    await run_service(bus, parts, body, capacity=2)
