@@ -183,7 +183,7 @@ class SessionRunner:
         self.stopped = asyncio.Event()
         self._image = request.image
         self._restart = True
-        self._interrupt: int | None = None
+        self._interrupt: InterruptControl | None = None
         self.chunks = 0
         self.first_chunk_s: float | None = None
         self._last_state: str | None = None
@@ -235,9 +235,15 @@ class SessionRunner:
         elif isinstance(message, BehaviorPrompt):
             self.timeline.add_prompt(message)
         elif isinstance(message, InterruptControl):
-            self._interrupt = message.from_sample if message.from_sample is not None else -1
+            self._interrupt = message
         elif isinstance(message, StartControl):
+            if message.preset not in (None, self.parts.config.name):
+                reason = (
+                    f"preset {message.preset!r} is not served here ({self.parts.config.name!r})"
+                )
+                raise Rejected(reason, field="preset")
             self._image, self._restart = message.image, True
+            self.renderer.seed = message.seed
         elif isinstance(message, StopControl):
             self.stopped.set()
         elif isinstance(message, ConfigureControl):
@@ -246,6 +252,8 @@ class SessionRunner:
     def _configure(self, message: ConfigureControl) -> None:
         if message.jpeg_quality is not None:
             self.jpeg_quality = message.jpeg_quality
+        if message.seed is not None:
+            self.renderer.seed = message.seed  # from the next start on
         if message.refine_every is not None:
             generator = self.renderer.generator
             generator.config = replace(generator.config, refine_every=message.refine_every)
@@ -294,9 +302,9 @@ class SessionRunner:
         )
 
     async def _apply_interrupt(self, lookahead: int) -> None:
-        from_sample = None if self._interrupt == -1 else self._interrupt
-        self._interrupt = None
-        first, events = self.timeline.interrupt(from_sample)
+        interrupt, self._interrupt = self._interrupt, None
+        assert interrupt is not None
+        first, events = self.timeline.interrupt(interrupt.from_sample)
         for event in events:
             await self._event(event)
         plans = [self.timeline.plan(self.chunks + i) for i in range(lookahead)]

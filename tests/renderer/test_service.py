@@ -19,6 +19,7 @@ from flowact.schemas.messages import (
     BehaviorPrompt,
     InterruptControl,
     SessionRequest,
+    StartControl,
     StopControl,
     UtteranceEvent,
     VideoChunk,
@@ -144,3 +145,26 @@ async def test_a_second_request_for_a_running_session_is_refused(parts) -> None:
         assert list(service.runners) == ["s4"]
 
     await run_service(bus, parts, body, capacity=2)
+
+
+async def test_start_control_restarts_and_keeps_the_clock(parts) -> None:
+    bus = MemoryBus()
+
+    async def body(service) -> None:
+        await publish(bus, "s5", SessionRequest(session="s5"))
+        await collect(bus, "s5", "video", lambda out: len(out) >= 3)
+        await publish(bus, "s5", StartControl(preset="paper-480p"))
+        image = encode_png(np.full((32, 32, 3), 250, np.uint8))
+        await publish(bus, "s5", StartControl(image=image, seed=4))
+        events = await collect(
+            bus,
+            "s5",
+            "events",
+            lambda out: sum(e.type == "state" and e.state == "started" for e in out) >= 2,
+        )
+        error = next(e for e in events if e.type == "error")
+        assert error.field == "preset"
+        video = await collect(bus, "s5", "video", lambda out: len(out) >= 12)
+        assert [c.index for c in video] == list(range(len(video)))  # one clock across restarts
+
+    await run_service(bus, parts, body)
