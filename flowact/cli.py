@@ -306,6 +306,8 @@ def demo(
     result = asyncio.run(run_demo(out, renderer, agent))
     stats = result.recording
     typer.echo(f"wrote {result.path} ({stats.frames} frames, {stats.seconds:.1f} s of video)")
+    if result.sheet is not None:
+        typer.echo(f"wrote {result.sheet} (a frame every 0.24 s)")
     if result.first_chunk_s is not None:
         typer.echo(f"time to first frame: {result.first_chunk_s * 1000:.0f} ms")
     for error in result.errors:

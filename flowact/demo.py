@@ -11,11 +11,13 @@ import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import av
 import structlog
 
 from flowact.agents.service import say, serve_agent
 from flowact.bus.memory import MemoryBus
 from flowact.bus.typed import publish
+from flowact.renderer.media import contact_sheet, encode_png
 from flowact.renderer.recorder import RecordingStats, record_session
 from flowact.renderer.service import RendererService
 from flowact.schemas import codec
@@ -34,6 +36,7 @@ LINES = ("Hello there! Who are you?", "What can you do for me?")
 @dataclass(frozen=True)
 class DemoResult:
     path: Path
+    sheet: Path | None
     recording: RecordingStats
     replies: int
     first_chunk_s: float | None
@@ -81,7 +84,21 @@ async def run_demo(
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         stats = await recording
-    return DemoResult(out, stats, len(lines), first_chunk_s, errors)
+    sheet = write_contact_sheet(out) if stats.chunks else None
+    return DemoResult(out, sheet, stats, len(lines), first_chunk_s, errors)
+
+
+def write_contact_sheet(video: Path, every: int = tb.FRAMES_PER_CHUNK // 2) -> Path:
+    """A PNG beside `video`: one frame every `every` frames (0.24 s), captioned with its time."""
+    frames, labels = [], []
+    with av.open(str(video)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i % every == 0:
+                frames.append(frame.to_ndarray(format="rgb24"))
+                labels.append(f"{i / tb.FPS:.2f}s")
+    path = video.with_suffix(".png")
+    path.write_bytes(encode_png(contact_sheet(frames, columns=10, labels=labels)))
+    return path
 
 
 def _agent_state(event: object) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageDraw, UnidentifiedImageError
 
 
 def load_reference(data: bytes, height: int, width: int) -> np.ndarray:
@@ -43,3 +43,22 @@ def encode_png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def contact_sheet(
+    frames: list[np.ndarray], columns: int = 8, labels: list[str] | None = None
+) -> np.ndarray:
+    """Frames `[H, W, 3]` laid out in a grid, each with an optional caption under it."""
+    if not frames:
+        raise ValueError("a contact sheet needs at least one frame")
+    height, width = frames[0].shape[:2]
+    caption = 14 if labels else 0
+    rows = -(-len(frames) // columns)
+    sheet = Image.new("RGB", (columns * width, rows * (height + caption)), (24, 24, 24))
+    draw = ImageDraw.Draw(sheet)
+    for i, frame in enumerate(frames):
+        x, y = (i % columns) * width, (i // columns) * (height + caption)
+        sheet.paste(Image.fromarray(frame), (x, y))
+        if labels:
+            draw.text((x + 3, y + height + 1), labels[i], fill=(220, 220, 220))
+    return np.asarray(sheet)

@@ -31,8 +31,14 @@ async def test_demo_records_the_agents_speech(tmp_path: Path) -> None:
     with av.open(str(out)) as container:
         audio = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
     assert frames == result.recording.chunks * tb.FRAMES_PER_CHUNK
-    rms = [float(np.sqrt(np.mean(audio[i : i + tb.SAMPLES_PER_CHUNK] ** 2)))
-           for i in range(0, len(audio), tb.SAMPLES_PER_CHUNK)]
+    rms = [
+        float(np.sqrt(np.mean(audio[i : i + tb.SAMPLES_PER_CHUNK] ** 2)))
+        for i in range(0, len(audio), tb.SAMPLES_PER_CHUNK)
+    ]
     spoken = [r > 0.02 for r in rms]
     assert sum(spoken) >= 3, rms  # the reply is heard...
     assert not spoken[0] and not spoken[-1], rms  # ...after a silent start, and ends in silence
+    from PIL import Image
+
+    sheet = Image.open(result.sheet)
+    assert sheet.width == 10 * 32 and sheet.height >= 32
