@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from flowact.renderer.batching import ForwardBatcher
+from flowact.renderer.buffer import StreamBuffer
 from flowact.renderer.engine import RendererParts, SessionRenderer
 from flowact.renderer.fp8 import FP8_TARGETS, convert_to_fp8
 from flowact.renderer.model import FlowActMMDiT
@@ -273,7 +274,8 @@ class CudaGraphForward:
                 self.forward(*inputs, n_context, guidance=g)
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: other sessions' threads may use the GPU while this thread captures
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             output = self.forward(*inputs, n_context, guidance=g)
         self.captures += 1
         log.info("captured a CUDA graph", batch=size, frames=inputs[0].shape[1])
@@ -286,6 +288,33 @@ def _pad_rows(value: Tensor, size: int) -> Tensor:
     if extra > 0:
         value = torch.cat([value, value[-1:].expand(extra, *value.shape[1:])])
     return value.contiguous().clone()
+
+
+def capture_batches(accelerated: Accelerated, parts: RendererParts, sessions: int) -> int:
+    """Capture the graphs of every batch size up to `sessions`, buffer and refinement shapes,
+    before sessions start (a capture in the middle of a run stalls every session a moment).
+    Returns the number of sizes captured per shape."""
+    graphs = accelerated.graphs
+    if graphs is None or graphs.batch_sizes is None:
+        return 0
+    largest = graphs.padded(min(sessions, accelerated.config.max_batch))
+    sizes = [s for s in graphs.batch_sizes if s <= largest]
+    for tensors, n_context in example_inputs(parts):
+        graphs.capture_sizes(tensors, n_context, None, sizes)
+    return len(sizes)
+
+
+def example_inputs(parts: RendererParts) -> list[tuple[tuple[Tensor, ...], int]]:
+    """Inputs of the two forward shapes of a session (buffer, memory refinement), batch 1."""
+    param = next(parts.model.parameters())
+    buffer = StreamBuffer(parts.config, 1, param.device, param.dtype)
+    buffer.reset(torch.zeros_like(buffer.reference))
+    out = []
+    level = torch.tensor(0.3, device=param.device)
+    for inputs in (buffer.model_inputs(), buffer.refine_inputs(buffer.short_term, level)):
+        tensors = (inputs.x, inputs.t, inputs.audio, inputs.text, inputs.text_mask)
+        out.append((tuple(t.contiguous() for t in tensors), inputs.n_context))
+    return out
 
 
 # ----------------------------------------------------------------------------------------- warmup

@@ -44,6 +44,7 @@ from flowact.renderer.accel import (
     AccelConfig,
     Accelerated,
     accelerate,
+    capture_batches,
     warmup,
 )
 from flowact.renderer.engine import VAE_PRESET, RendererParts
@@ -196,6 +197,8 @@ async def measure(
         warmup, parts, settings.refine_every + 1, settings.refine_every
     )
     batcher = accelerated.batcher if accelerated is not None else None
+    if accelerated is not None:
+        await asyncio.to_thread(capture_batches, accelerated, parts, sessions)
     before = (batcher.stats.forwards, batcher.stats.calls) if batcher else (0, 0)
     peak_memory_gib(device, reset=True)
     profiler = StageTimes(device)
