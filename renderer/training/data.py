@@ -188,6 +188,18 @@ def _audio_for(
     return audio * has[..., None, None]
 
 
+def face_weight(config: RendererConfig, gain: float = 3.0) -> Tensor:
+    """Loss weight per latent pixel `[h, w]`: `gain` over the region the world draws faces in
+    (mouth and eyes are a few latent pixels; without it they are a sliver of the loss), 1
+    elsewhere; mean-normalised to 1."""
+    ys = (torch.arange(config.latent_height) + 0.5) / config.latent_height
+    xs = (torch.arange(config.latent_width) + 0.5) / config.latent_height
+    xs = xs + 0.5 - 0.5 * config.latent_width / config.latent_height
+    inside = ((xs[None] - 0.5) / 0.22) ** 2 + ((ys[:, None] - 0.4) / 0.26) ** 2 <= 1
+    weight = 1 + (gain - 1) * inside.float()
+    return weight / weight.mean()
+
+
 def text_table_for(texts: list[str], encoder) -> Tensor:
     """Embeddings `[len(texts), Dt]` of every prompt, as the renderer computes them."""
     return encoder.encode(texts).float()

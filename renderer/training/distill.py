@@ -32,7 +32,7 @@ from flowact.renderer.training.common import (
     progress_of,
     run_steps,
 )
-from flowact.renderer.training.data import BufferBatch, LatentSet, sample_buffer
+from flowact.renderer.training.data import BufferBatch, LatentSet, face_weight, sample_buffer
 from flowact.renderer.training.train import generated_memory
 
 
@@ -128,7 +128,7 @@ def distill_loss(
         v_given = student(x, t, b.audio, b.text, b.text_mask, n_ctx, guidance=scale)
         v_none = student(x, t, b.audio, b.text, b.text_mask, n_ctx) if none.any() else v_given
     v = torch.where(none[:, None, None, None, None], v_none, v_given)[:, n_ctx:]
-    return (v.float() - target).pow(2).mean()
+    return ((v.float() - target).pow(2) * face_weight(mc).to(device)).mean()
 
 
 def train_distill(

@@ -61,22 +61,24 @@ class PipelineConfig:
     seed: int = 0
     # wall-clock budgets per stage (seconds)
     vae_seconds: float = 100.0
-    probe_seconds: float = 35.0
-    stage1_seconds: float = 60.0
-    stage2_seconds: float = 200.0
-    stage3_seconds: float = 90.0
+    probe_seconds: float = 50.0
+    stage1_seconds: float = 40.0
+    stage2_seconds: float = 180.0
+    stage3_seconds: float = 75.0
     # sizes
-    vae_batch: int = 8
+    vae_batch: int = 12
     probe_batch: int = 128
+    probe_width: int = 24
     latent_clips: int = 512
     clip_chunks: int = 20
-    batch: int = 32
+    batch: int = 48
     distill_batch: int = 24
     teacher_micro_steps: int = 4
     guidance: float = 2.0
     refine_every: int = 8
     eval_seconds: float = 300.0
     eval_identities: int = 4
+    teacher_eval_seconds: float = 30.0
     device: str | None = None
 
 
@@ -175,7 +177,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     export_checkpoint(cfg.checkpoint, final, vae, encoder, probe, sampling)
     summary["checkpoint"] = cfg.checkpoint
     save_summary()
-    if left() > 0 and st3.seconds >= d.seconds - 1:
+    # evaluation runs once stage 3 is complete, whatever is left of this piece's deadline
+    if st3.seconds >= d.seconds - 1:
         summary["eval"] = _evaluate(cfg, final, teacher, vae, encoder, probe, table, work, data_dir)
     save_summary()
     return summary
@@ -183,7 +186,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
 def _train_probe(cfg, work, device, vae, size, seconds, summary) -> PoseProbe:
     path = work / "probe.pt"
-    pcfg = ProbeConfig(size=size, width=16)
+    pcfg = ProbeConfig(size=size, width=cfg.probe_width)
     probe = PoseProbe(pcfg).to(device)
     if path.is_file():
         probe.load_state_dict(torch.load(path, map_location=device))
@@ -211,8 +214,11 @@ def _probe_steps(pcfg: ProbeConfig, tcfg: ProbeTrainConfig, device, seconds: flo
     rng = np.random.default_rng(0)
     from flowact.renderer.training.probe import probe_loss, random_frames
 
-    t0 = time.monotonic()
-    for _ in range(3):
+    for i in range(5):  # two to warm up, three timed
+        if i == 2:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.monotonic()
         frames, controls, ident = random_frames(tcfg.batch, pcfg.size, rng, device)
         probe_loss(probe, frames, controls, ident, 0.5).backward()
     if device.type == "cuda":
@@ -236,7 +242,7 @@ def _evaluate(cfg, student, teacher, vae, encoder, probe, table, work, data_dir)
         "distilled_3nfe_refine": (student, replace(base, refine_every=cfg.refine_every),
                                   {"guidance": cfg.guidance}),
         "distilled_3nfe_no_refine": (student, replace(base, refine_every=0), {"guidance": cfg.guidance}),
-        "teacher_12nfe_no_cfg": (teacher, replace(base, seconds=min(60.0, base.seconds),
+        "teacher_12nfe_no_cfg": (teacher, replace(base, seconds=cfg.teacher_eval_seconds,
                                  micro_steps=cfg.teacher_micro_steps, refine_every=0), {}),
     }  # fmt: skip
     for name, (model, ecfg, sampling) in runs.items():

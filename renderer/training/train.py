@@ -41,7 +41,7 @@ from flowact.renderer.training.common import (
     progress_of,
     run_steps,
 )
-from flowact.renderer.training.data import BufferBatch, LatentSet, sample_buffer
+from flowact.renderer.training.data import BufferBatch, LatentSet, face_weight, sample_buffer
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,8 @@ def diffusion_loss(
     t = torch.cat([torch.zeros(batch, n_ctx, device=device), t_stream], 1)
     with autocast(device):
         v = _forward(model, x, t, b, slice(0, mc.buffer_latents), n_ctx)[:, n_ctx:]
-    err = (v.float() - target).pow(2).mean((2, 3, 4))  # [B, stream latents]
+    pixel = face_weight(mc).to(device)  # [h, w]
+    err = ((v.float() - target).pow(2) * pixel).mean((2, 3, 4))  # [B, stream latents]
     weight = torch.ones_like(err)
     weight[:, :lpc] = torch.where(start[:, None], cfg.i2v_weight, 1.0)
     loss = (err * weight).sum() / weight.sum()
@@ -165,7 +166,7 @@ def refinement_loss(model: FlowActMMDiT, b: BufferBatch, gen: torch.Generator) -
                    level.expand(-1, mc.short_term_size)], 1)  # fmt: skip
     with autocast(device):
         v = _forward(model, x, t, b, frames, anchors)[:, anchors:]
-    err = (v.float() - (noise - x0)).pow(2).mean((1, 2, 3, 4))
+    err = ((v.float() - (noise - x0)).pow(2) * face_weight(mc).to(device)).mean((1, 2, 3, 4))
     return (err * real).sum() / real.sum()
 
 
