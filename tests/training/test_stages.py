@@ -1,0 +1,143 @@
+"""Every training stage runs on the tiny preset and lowers its loss on a fixed batch; the
+buffer layout matches the stream buffer's; stages resume from their state files."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from flowact.renderer.model import FlowActMMDiT
+from flowact.renderer.training import data, world
+from flowact.renderer.training.common import StageState
+from flowact.renderer.training.distill import DistillConfig, distill_loss, train_distill
+from flowact.renderer.training.train import DiffusionConfig, diffusion_loss, train_diffusion
+from flowact.renderer.training.vae_train import VAETrainConfig, train_vae, vae_loss
+
+
+def _fit(params, loss_fn, steps: int, lr: float) -> list[float]:
+    opt = torch.optim.Adam(params, lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = loss_fn()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_vae_loss_falls_on_a_fixed_batch(tiny_vae):
+    vae = copy.deepcopy(tiny_vae).train()
+    rng = np.random.default_rng(0)
+    frames = world.make_clips(2, world.ClipConfig(chunks=1, size=(32, 32)), rng).frames
+    torch.manual_seed(0)
+    losses = _fit(vae.parameters(), lambda: vae_loss(vae, frames, 1e-4), 12, 3e-3)
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_vae_stage_resumes_and_sets_latent_stats(tmp_path):
+    cfg = VAETrainConfig(preset="tiny", size=(32, 32), steps=2, batch=1, stats_clips=1)
+    vae, state = train_vae(cfg, tmp_path, torch.device("cpu"), progress=False)
+    assert state.step == 2 and (tmp_path / "vae" / "state.pt").is_file()
+    assert not torch.equal(vae.latent_std, torch.ones_like(vae.latent_std))
+    vae2, state2 = train_vae(replace(cfg, steps=3), tmp_path, torch.device("cpu"), progress=False)
+    assert state2.step == 3 and len(state2.losses) == 3
+
+
+def test_buffer_layout_matches_the_stream_buffer(tiny_latents, tiny_config, text_table):
+    gen = torch.Generator().manual_seed(0)
+    b = data.sample_buffer(tiny_latents, tiny_config, text_table, gen, 64, None, start_prob=0.5)
+    lpc, n_ctx = tiny_config.latents_per_chunk, tiny_config.context_latents
+    assert b.x0.shape[1] == tiny_config.buffer_latents
+    for i in range(64):
+        k = int(b.k[i])
+        # placeholders (before the session start) are the reference with no prompt
+        for slot in range(n_ctx - 1):
+            chunk = k - (n_ctx - 1) + slot
+            if chunk < 0:
+                assert not b.real_memory[i, slot]
+                assert torch.equal(b.x0[i, 1 + slot], b.x0[i, 0])
+                assert not b.text_mask[i, 1 + slot].any()
+    # the stream is contiguous latents: find one buffer's stream inside its clip
+    rows = [r for r in range(len(tiny_latents))
+            if (tiny_latents.latents[r].float() == b.x0[0, n_ctx]).all((1, 2, 3)).any()]  # fmt: skip
+    assert rows
+    start = 1 + int(b.k[0]) * lpc
+    clip = tiny_latents.latents[rows[0]].float()
+    assert torch.equal(clip[start : start + tiny_config.stream_latents], b.x0[0, n_ctx:])
+
+
+def _fixed(latents, config, table, audio=None, batch=4):
+    gen = torch.Generator().manual_seed(1)
+    return data.sample_buffer(latents, config, table, gen, batch, audio, start_prob=0.5)
+
+
+def _loss_on(fixed, fn):
+    def loss():
+        b = data.BufferBatch(**{k: v.clone() for k, v in vars(fixed).items()})
+        return fn(b, torch.Generator().manual_seed(2))
+
+    return loss
+
+
+def test_stage1_lowers_its_loss(tiny_latents, tiny_config, text_table):
+    torch.manual_seed(0)
+    model = FlowActMMDiT(tiny_config)
+    cfg = DiffusionConfig(text_drop=0, audio_drop=0, gen_memory_prob=0.5)
+    fixed = _fixed(tiny_latents, tiny_config, text_table)
+    fn = _loss_on(fixed, lambda b, g: diffusion_loss(model, b, cfg, g, True, True))
+    losses = _fit(model.parameters(), fn, 10, 2e-3)
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_stage2_trains_the_audio_encoder_jointly(tiny_latents, tiny_config, text_table, tiny_audio):
+    torch.manual_seed(0)
+    model = FlowActMMDiT(tiny_config)
+    cfg = DiffusionConfig(audio=True, text_drop=0, audio_drop=0)
+    before = copy.deepcopy(tiny_audio.state_dict())
+    gen = torch.Generator().manual_seed(1)
+
+    def loss():
+        b = data.sample_buffer(tiny_latents, tiny_config, text_table, gen.manual_seed(1), 4,
+                               tiny_audio, start_prob=0.5)  # fmt: skip
+        return diffusion_loss(model, b, cfg, torch.Generator().manual_seed(2))
+
+    params = list(model.parameters()) + list(tiny_audio.parameters())
+    losses = _fit(params, loss, 10, 2e-3)
+    assert losses[-1] < 0.8 * losses[0]
+    moved = [k for k, v in tiny_audio.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("proj_in") for k in moved)
+
+
+def test_stage3_student_approaches_the_guided_teacher(tiny_latents, tiny_config, text_table, tiny_audio):
+    torch.manual_seed(0)
+    teacher = FlowActMMDiT(tiny_config).eval().requires_grad_(False)
+    student = FlowActMMDiT(tiny_config)  # a fresh student: its loss has room to fall
+    cfg = DistillConfig(teacher_micro_steps=2, gen_memory_prob=0.5, no_guidance_prob=0.5)
+    with torch.no_grad():
+        fixed = _fixed(tiny_latents, tiny_config, text_table, tiny_audio)
+    fn = _loss_on(fixed, lambda b, g: distill_loss(student, teacher, b, cfg, g))
+    losses = _fit(student.parameters(), fn, 10, 2e-3)
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_stages_resume_from_their_state(tmp_path, tiny_latents, tiny_config, text_table, tiny_audio):
+    torch.manual_seed(0)
+    model = FlowActMMDiT(tiny_config)
+    cfg = DiffusionConfig(steps=2, batch=2, save_every=1, gen_memory_after=1)
+    train_diffusion(cfg, model, tiny_audio, tiny_latents, text_table, tmp_path, progress=False)
+    fresh = FlowActMMDiT(tiny_config)
+    state = StageState({"model": fresh})
+    assert state.load(tmp_path / "stage1" / "state.pt") and state.step == 2
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+    more = train_diffusion(replace(cfg, steps=3), fresh, tiny_audio, tiny_latents, text_table,
+                           tmp_path, progress=False)  # fmt: skip
+    assert more.step == 3 and len(more.losses) == 3
+    student, ema, st = train_distill(DistillConfig(steps=1, batch=2, teacher_micro_steps=2),
+                                     fresh, tiny_audio, tiny_latents, text_table, tmp_path,
+                                     progress=False)  # fmt: skip
+    assert st.step == 1 and (tmp_path / "stage3" / "state.pt").is_file()

@@ -1,0 +1,135 @@
+"""The synthetic world: identities, drawing, behaviors, speech, held-out splits."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from flowact.renderer.audio import AudioGroupStream
+from flowact.renderer.training import behaviors as bh
+from flowact.renderer.training import speech, world
+from flowact.renderer.training.data import chunk_windows
+from flowact.schemas.timebase import FRAMES_PER_CHUNK, SAMPLES_PER_FRAME
+
+
+def test_identity_splits_are_disjoint_and_seeded():
+    a = world.sample_identities(16, "train", seed=3)
+    assert torch.equal(a, world.sample_identities(16, "train", seed=3))
+    evals = world.sample_identities(16, "eval", seed=3)
+    assert torch.cdist(a, evals).min() > 1e-3
+    targets = world.identity_targets(a)
+    assert targets.shape == (16, world.IDENTITY_TARGET_DIM)
+
+
+def test_render_any_size_in_range_and_deterministic():
+    ident = world.sample_identities(2, "train", 0)
+    controls = torch.from_numpy(bh.neutral_controls(3))[None].expand(2, -1, -1)
+    frames = world.render(ident, controls, (40, 56))
+    assert frames.shape == (2, 3, 3, 40, 56)
+    assert frames.min() >= -1 and frames.max() <= 1
+    assert torch.equal(frames, world.render(ident, controls, (40, 56)))
+    assert (frames[0] - frames[1]).abs().mean() > 0.05  # two identities look different
+
+
+def _pair(name: str, a: float, b: float, size=(64, 64)) -> torch.Tensor:
+    """|frame(control=a) - frame(control=b)| summed over colour, `[H, W]`, one identity."""
+    ident = world.sample_identities(1, "train", 5)
+    c = torch.from_numpy(bh.neutral_controls(2))
+    c[0, bh.C[name]], c[1, bh.C[name]] = a, b
+    f = world.render(ident, c[None], size)[0]
+    return (f[0] - f[1]).abs().sum(0)
+
+
+def test_mouth_control_moves_only_the_lower_face():
+    diff = _pair("mouth", 0.0, 1.0)
+    ys, xs = torch.nonzero(diff > 0.1, as_tuple=True)
+    assert len(ys) > 10
+    # centred horizontally, below the eyes and above the shoulders
+    assert 0.4 < xs.float().mean() / 64 < 0.6
+    assert 0.4 < ys.float().mean() / 64 < 0.65
+
+
+def test_arm_and_head_controls_move_their_parts():
+    wave = _pair("r_raise", 0.05, 0.8)
+    ys, xs = torch.nonzero(wave > 0.1, as_tuple=True)
+    assert xs.float().mean() / 64 > 0.6  # the screen-right arm
+    tilt = _pair("roll", -0.8, 0.8)
+    assert tilt[: 40].sum() > tilt[40:].sum()  # the head, not the body
+
+
+def test_heldout_paraphrases_are_disjoint_from_training():
+    texts, train, held = bh.prompt_table()
+    train_texts = {texts[i] for ids in train.values() for i in ids}
+    held_texts = {texts[i] for ids in held.values() for i in ids}
+    assert held_texts and not train_texts & held_texts
+    for b in range(len(bh.BEHAVIORS)):
+        assert len(train[b]) >= 3 and len(held[b]) >= 2
+
+
+def test_timelines_switch_on_chunk_boundaries_with_heldout_prompts():
+    rng = np.random.default_rng(0)
+    tl = bh.sample_timeline(20 * FRAMES_PER_CHUNK, rng, bh.TimelineConfig(heldout=True))
+    _, _, held = bh.prompt_table()
+    allowed = {i for ids in held.values() for i in ids}
+    assert set(tl.prompt[tl.prompt >= 0].ravel()) <= allowed
+    changes = np.flatnonzero(np.diff(tl.behavior, axis=0).any(1)) + 1
+    assert len(changes) > 0 and (changes % FRAMES_PER_CHUNK == 0).all()
+
+
+def test_classifier_reads_every_behavior_from_ground_truth_controls():
+    rng = np.random.default_rng(1)
+    protos = bh.prototypes()
+    window = 2 * FRAMES_PER_CHUNK
+    for channel in bh.BEHAVIOR_CHANNELS:
+        for b in (None, *bh.CHANNEL_BEHAVIORS[channel]):
+            spec = {} if b is None else {channel: bh.BEHAVIORS[b].name}
+            tl = bh.constant_timeline(4 * window, spec)
+            ctrl = bh.controls_for(tl, np.zeros(4 * window, np.float32), rng, False)
+            wins = ctrl.reshape(4, window, -1)
+            want = -1 if b is None else b
+            assert (bh.classify(wins, channel, protos) == want).all(), (channel, b)
+
+
+def test_mouth_follows_the_envelope():
+    silence = np.zeros(10 * SAMPLES_PER_FRAME, np.float32)
+    assert (speech.mouth_from_pcm(silence) == 0).all()
+    rng = np.random.default_rng(0)
+    babble = speech.syllable_speech(3.0, rng)
+    mouth = speech.mouth_from_pcm(babble)
+    assert mouth.shape == (len(babble) // SAMPLES_PER_FRAME,)
+    assert mouth.max() > 0.6 and (mouth < 0.1).any()  # opens and closes
+
+
+def test_eval_sentences_never_in_training():
+    assert not set(speech.EVAL_SENTENCES) & set(speech.training_sentences(400))
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_espeak_speech_is_16k_and_normalised():
+    pcm = speech.espeak("Hello there.", "en-us")
+    assert 0.3 * 16000 < len(pcm) < 3 * 16000
+    assert speech.mouth_from_pcm(pcm).max() > 0.5
+
+
+def test_clips_carry_matching_annotations():
+    rng = np.random.default_rng(0)
+    clip = world.make_clips(2, world.ClipConfig(chunks=2, size=(32, 32)), rng)
+    frames = 2 * FRAMES_PER_CHUNK
+    assert clip.frames.shape == (2, 1 + frames, 3, 32, 32)
+    assert clip.pcm.shape == (2, frames * SAMPLES_PER_FRAME)
+    assert clip.controls.shape == (2, frames, len(bh.CONTROLS))
+    mouth = torch.from_numpy(speech.mouth_from_pcm(clip.pcm[0].numpy()))
+    assert torch.allclose(clip.controls[0, :, bh.C["mouth"]], mouth)
+
+
+def test_chunk_windows_match_the_engine_grouping():
+    torch.manual_seed(0)
+    feats = torch.randn(2, 4 * FRAMES_PER_CHUNK, 5)
+    stream = AudioGroupStream(2)
+    want = torch.cat(
+        [stream.push(feats[:, k * 12 : (k + 1) * 12]).current for k in range(4)], 1
+    )
+    assert torch.equal(chunk_windows(feats, 2), want)
