@@ -136,8 +136,8 @@ class EMA:
     def update(self, model: nn.Module, step: int) -> None:
         # warm start: early on the average follows the model closely
         decay = min(self.decay, (1 + step) / (10 + step))
-        for ema, live in zip(self.model.parameters(), model.parameters()):
-            ema.lerp_(live.detach(), 1 - decay)
+        ema = list(self.model.parameters())
+        torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1 - decay)
 
 
 def batches(n: int, size: int) -> Iterator[slice]:
