@@ -225,8 +225,7 @@ async def run_scene(
         )
     lines: list[SceneLine] = []
     try:
-        await _request_sessions(scene, bus, renderer)
-        await _await_renderers(bus, cast, start_timeout_s, stop)
+        await _start_sessions(scene, bus, renderer, start_timeout_s, stop)
         director = Director(
             DirectorContext(director_config(scene), cast, SceneOutbox(bus)),
         )
@@ -280,7 +279,18 @@ def _preset(scene: Scene, renderer: RendererSettings | None) -> str:
     return scene.preset or (renderer or RendererSettings()).preset
 
 
-async def _request_sessions(scene: Scene, bus: Bus, renderer: RendererSettings | None) -> None:
+async def _start_sessions(
+    scene: Scene,
+    bus: Bus,
+    renderer: RendererSettings | None,
+    timeout_s: float,
+    stop: asyncio.Event,
+) -> None:
+    """Request the agents' renderer sessions one at a time, each once the previous one started.
+
+    One at a time, so that a worker slot busy with the first session never holds the request
+    for the next in its read batch (it would wait there until reclaimed).
+    """
     preset = _preset(scene, renderer)
     seed = (renderer or RendererSettings()).seed
     for i, (agent, session) in enumerate(zip(scene.agents, scene.sessions().values(), strict=True)):
@@ -288,27 +298,33 @@ async def _request_sessions(scene: Scene, bus: Bus, renderer: RendererSettings |
             session=session, preset=preset, image=_read(agent.image), seed=seed + i + 1
         )
         await publish(bus, session, request)
+        if not await _started(bus, session, timeout_s, stop):
+            log.warning("renderer session not started; the scene goes on", session=session)
 
 
-async def _await_renderers(
-    bus: Bus, cast: tuple[CastMember, ...], timeout_s: float, stop: asyncio.Event
-) -> None:
-    """Wait until every agent's renderer session reports `started` (or the timeout)."""
-    waiting = {stream_name(m.session, "events"): "0" for m in cast}
+async def _started(bus: Bus, session: str, timeout_s: float, stop: asyncio.Event) -> bool:
+    """Whether `session`'s renderer reported `started` within `timeout_s`."""
+    stream, after = stream_name(session, "events"), "0"
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    while waiting and not stop.is_set():
-        if loop.time() > deadline:
-            log.warning("renderer sessions not started; the scene goes on", sessions=list(waiting))
-            return
-        for stream, after in list(waiting.items()):
-            for entry in await bus.read(stream, after, block_ms=50):
-                waiting[stream] = entry.id
-                event = codec.decode(entry.fields, stream)
-                if isinstance(event, StateEvent) and event.actor == "renderer":
-                    if event.state == "started":
-                        del waiting[stream]
-                        break
+    while not stop.is_set() and loop.time() < deadline:
+        for entry in await bus.read(stream, after, block_ms=100):
+            after = entry.id
+            if _is_start(_decoded(entry.fields, stream)):
+                return True
+    return False
+
+
+def _decoded(fields: dict[str, bytes], stream: str) -> object:
+    """The message, or None for an entry that is not one (someone typed it by hand)."""
+    try:
+        return codec.decode(fields, stream)
+    except codec.MessageError:
+        return None
+
+
+def _is_start(event: object) -> bool:
+    return isinstance(event, StateEvent) and event.actor == "renderer" and event.state == "started"
 
 
 async def _fresh_streams(bus: Bus, sessions: list[str]) -> None:
@@ -318,7 +334,7 @@ async def _fresh_streams(bus: Bus, sessions: list[str]) -> None:
 
 async def _reports(bus: Bus, session: str) -> list[str]:
     stream = stream_name(session, "events")
-    events = [codec.decode(e.fields, stream) for e in await bus.entries(stream)]
+    events = [_decoded(e.fields, stream) for e in await bus.entries(stream)]
     return [e.reason for e in events if isinstance(e, ErrorEvent)]
 
 
