@@ -34,7 +34,7 @@ from torch import Tensor
 from flowact.renderer.batching import ForwardBatcher
 from flowact.renderer.buffer import StreamBuffer
 from flowact.renderer.engine import RendererParts, SessionRenderer
-from flowact.renderer.fp8 import FP8_TARGETS, convert_to_fp8
+from flowact.renderer.fp8 import FP8_TARGETS, convert_to_fp8, fp8_supported
 from flowact.renderer.model import FlowActMMDiT
 from flowact.renderer.stream import ForwardFn
 from flowact.renderer.timeline import ChunkPlan
@@ -43,6 +43,7 @@ from flowact.schemas import timebase as tb
 log = structlog.get_logger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+SDPA_KERNELS = ("cudnn", "flash", "efficient", "math")
 GRAPH_BATCHES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 
 
@@ -52,6 +53,7 @@ class AccelConfig:
 
     dtype: str = "bfloat16"  # float32 | bfloat16, DiT and VAE
     attention: str = "auto"  # fake-causal attention backend of the DiT
+    sdpa: tuple[str, ...] = ()  # SDPA kernels to prefer, in order (cudnn, flash, ...); () = torch's
     compile: bool = False  # torch.compile of each DiT block (full-buffer shape only)
     cuda_graphs: bool = False  # replay buffer forwards from CUDA graphs (CUDA only)
     fp8: tuple[str, ...] = ()  # names (suffixes) of DiT linears to run in FP8; () = none
@@ -67,14 +69,20 @@ class AccelConfig:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.max_batch < 1 or self.max_wait_ms < 0:
             raise ValueError("max_batch must be positive and max_wait_ms not negative")
+        unknown = set(self.sdpa) - set(SDPA_KERNELS)
+        if unknown:
+            raise ValueError(f"unknown SDPA kernels {sorted(unknown)}; use {list(SDPA_KERNELS)}")
 
     def label(self) -> str:
         """Short name for tables: `bf16 flex +compile +graphs +fp8 ...`."""
         parts = ["bf16" if self.dtype == "bfloat16" else "fp32", self.attention]
+        if self.sdpa:
+            parts.append("sdpa=" + ",".join(self.sdpa))
         flags = {
             "compile": self.compile,
             "graphs": self.cuda_graphs,
             "fp8": bool(self.fp8),
+            "fast-accum": bool(self.fp8) and self.fp8_fast_accum,
             "batch": self.batch_sessions,
             "decode-stream": self.decode_stream,
         }
@@ -90,7 +98,9 @@ OPTIMIZED = AccelConfig(
 
 # sessions of a small preset: launch overhead and the GIL dominate, so graphs and batching;
 # no compile (every batch size would compile anew) and no FP8 (matmuls too small to gain)
-SESSIONS = AccelConfig(attention="split", cuda_graphs=True, batch_sessions=True, decode_stream=True)
+SESSIONS = AccelConfig(
+    attention="split", cuda_graphs=True, batch_sessions=True, decode_stream=True, max_wait_ms=2.0
+)
 ACCEL_PRESETS: dict[str, AccelConfig | None] = {
     "default": None,  # the parts as built: what `flowact serve renderer` runs
     "baseline": BASELINE,
@@ -144,10 +154,15 @@ def prepare_forward(
     cuda = next(model.parameters()).is_cuda
     if config.cuda_graphs and not cuda:
         raise ValueError("CUDA graphs need a CUDA device")
+    device = str(next(model.parameters()).device)
+    if config.fp8 and not fp8_supported(device):
+        raise ValueError(f"this torch has no row-wise scaled FP8 matmul on {device}")
     model.to(DTYPES[config.dtype])
     model.set_attention_backend(config.attention)
     fp8_layers = convert_to_fp8(model, config.fp8, config.fp8_fast_accum) if config.fp8 else []
     forward: ForwardFn = compile_blocks(model) if config.compile else model
+    if config.sdpa:
+        forward = prefer_sdpa_kernels(forward, config.sdpa)
     graphs = None
     if config.cuda_graphs:
         graphs = CudaGraphForward(forward, GRAPH_BATCHES if config.batch_sessions else None)
@@ -176,6 +191,27 @@ def compile_blocks(model: FlowActMMDiT) -> ForwardFn:
             model.set_attention_backend(backend)
 
     return forward
+
+
+def prefer_sdpa_kernels(forward: ForwardFn, names: Sequence[str]) -> ForwardFn:
+    """Run `forward` with SDPA trying `names` first, in order (the others stay as fallbacks for
+    inputs those kernels refuse, such as the cross-attention's mask). Compilation and graph
+    capture happen inside the first call, so they record the preferred kernels."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    table = {
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
+    order = [table[n] for n in names] + [b for n, b in table.items() if n not in names]
+
+    def run(*args, **kwargs) -> Tensor:
+        with sdpa_kernel(order, set_priority=True):
+            return forward(*args, **kwargs)
+
+    return run
 
 
 # ------------------------------------------------------------------------------------ CUDA graphs

@@ -12,6 +12,7 @@ is the figure the benchmark reports: `|v_fp8 - v_bf16| / |v_bf16|` of the predic
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -28,6 +29,19 @@ FP8_TARGETS: tuple[str, ...] = (
     "ffn.up",
     "ffn.down",
 )
+
+
+@functools.cache
+def fp8_supported(device: str = "cuda") -> bool:
+    """Whether this torch runs row-wise scaled FP8 matmuls on `device` (CUDA needs compute
+    capability 8.9+; CPU kernels arrived in later torch releases)."""
+    try:
+        a = torch.ones(16, 16, device=device).to(FP8)
+        scale = torch.ones(16, 1, device=device)
+        torch._scaled_mm(a, a.t(), scale_a=scale, scale_b=scale.t(), out_dtype=torch.bfloat16)
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
 
 
 def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:

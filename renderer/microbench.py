@@ -50,12 +50,20 @@ FORWARD_VARIANTS: list[tuple[str, AccelConfig]] = [
     ("bf16 eager split +graphs", AccelConfig(attention="split", cuda_graphs=True)),
     ("bf16 compile split", AccelConfig(attention="split", compile=True)),
     ("bf16 compile split +graphs", AccelConfig(attention="split", compile=True, cuda_graphs=True)),
-    ("bf16 compile flex +graphs", AccelConfig(attention="flex", compile=True, cuda_graphs=True)),
+    (
+        "bf16 eager split +graphs sdpa=cudnn",
+        AccelConfig(attention="split", cuda_graphs=True, sdpa=("cudnn",)),
+    ),
     ("fp8 eager split +graphs", AccelConfig(attention="split", cuda_graphs=True, fp8=FP8_TARGETS)),
+    (
+        "fp8 eager split +graphs +fast-accum",
+        AccelConfig(attention="split", cuda_graphs=True, fp8=FP8_TARGETS, fp8_fast_accum=True),
+    ),
     (
         "fp8 compile split +graphs",
         AccelConfig(attention="split", compile=True, cuda_graphs=True, fp8=FP8_TARGETS),
     ),
+    ("bf16 compile flex +graphs", AccelConfig(attention="flex", compile=True, cuda_graphs=True)),
 ]
 
 
@@ -88,10 +96,12 @@ def forward_rows(
     model: FlowActMMDiT,
     variants: Sequence[tuple[str, AccelConfig]] = FORWARD_VARIANTS,
     repeat: int = 5,
+    on_row: Callable[[StageRow], None] | None = None,
 ) -> list[StageRow]:
     """One row per variant, in the order given, each on a copy of `model` (fp32, unchanged).
 
-    The reference variant runs first so that every row, fp32 included, gets an error.
+    The reference variant runs first so that every row, fp32 included, gets an error;
+    `on_row` sees each row as soon as it is measured.
     """
     device = next(model.parameters()).device
     tensors, n_context = buffer_inputs(model)
@@ -112,6 +122,8 @@ def forward_rows(
         if reference is not None:
             row.error = relative_error(velocity, reference)
         rows[label] = row
+        if on_row is not None:
+            on_row(row)
         del velocity
         _free(device)
     return [rows[label] for label, _ in variants if label in rows]

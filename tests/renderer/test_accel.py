@@ -31,6 +31,7 @@ from flowact.renderer.fp8 import (
     FP8_TARGETS,
     Float8Linear,
     convert_to_fp8,
+    fp8_supported,
     quantize_rows,
     relative_error,
 )
@@ -48,6 +49,9 @@ from flowact.renderer.presets import PRESETS
 from flowact.renderer.profiling import StageTimes, time_ms
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+needs_cpu_fp8 = pytest.mark.skipif(
+    not fp8_supported("cpu"), reason="this torch has no CPU scaled FP8 matmul"
+)
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +123,7 @@ def test_quantize_rows_round_trips_and_never_overflows() -> None:
     assert relative_error(back, x) < 0.05  # e4m3 keeps ~3 significant bits
 
 
+@needs_cpu_fp8
 def test_float8_linear_follows_the_bf16_linear() -> None:
     torch.manual_seed(1)
     linear = nn.Linear(64, 96).to(torch.bfloat16)
@@ -132,6 +137,7 @@ def test_float8_linear_follows_the_bf16_linear() -> None:
         Float8Linear(nn.Linear(64, 10))
 
 
+@needs_cpu_fp8
 def test_convert_to_fp8_replaces_exactly_the_target_linears(tiny) -> None:
     model = copy.deepcopy(tiny).to(torch.bfloat16)
     names = convert_to_fp8(model, FP8_TARGETS)
@@ -147,6 +153,7 @@ def test_convert_to_fp8_replaces_exactly_the_target_linears(tiny) -> None:
     assert 1e-3 < error < 0.2
 
 
+@needs_cpu_fp8
 def test_forward_rows_report_errors_against_bf16(tiny) -> None:
     variants = [
         ("fp32 eager split", AccelConfig(dtype="float32", attention="split")),

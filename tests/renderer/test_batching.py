@@ -222,8 +222,9 @@ def test_warmup_session_leaves_the_batcher() -> None:
 
 async def test_sessions_sweep_reports_every_session() -> None:
     config = AccelConfig(dtype="float32", batch_sessions=True, max_wait_ms=50)
-    reports = await run_sessions_sweep("tiny", "cpu", 2, chunks=6, accel=config, steps=[2])
+    reports = await run_sessions_sweep("tiny", "cpu", 2, 6, config, steps=[2], pace=0.0)
     [report] = reports
+    assert report.pace == 0.0 and "(unpaced)" in report.label
     assert report.sessions == 2 and len(report.session_fps) == 2
     assert report.steady_fps == min(report.session_fps) > 0
     assert report.mean_batch is not None and report.mean_batch >= 1
