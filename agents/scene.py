@@ -17,7 +17,7 @@ The renderer is imported only when embedded, so the agent side stays free of tor
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from flowact.schemas.streams import STREAM_KINDS, stream_name
 log = structlog.get_logger(__name__)
 
 TAIL_CHUNKS = 3  # composed after the last line, so the recording ends in silence
+TAIL_WAIT_S = 30.0  # the longest the tail is waited for (renderers slower than real time)
 
 
 class SceneError(ValueError):
@@ -232,8 +233,9 @@ async def run_scene(
         director.context.rng.seed(scene.director.seed)
         director.post(Begin())
         lines = await serve_director(bus, director, stop=stop)
-        if director.finished.is_set():
-            await _sleep_unless(stop, TAIL_CHUNKS * tb.CHUNK_SECONDS)
+        if director.finished.is_set():  # the last line played out: let it reach the stream
+            target = (compositor.newest or 0) + TAIL_CHUNKS
+            await _unless(stop, compositor.composed(target, TAIL_WAIT_S))
     finally:
         for member in cast:
             await publish(bus, member.session, StopControl())
@@ -338,9 +340,13 @@ async def _reports(bus: Bus, session: str) -> list[str]:
     return [e.reason for e in events if isinstance(e, ErrorEvent)]
 
 
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+async def _unless(stop: asyncio.Event, work: Coroutine[Any, Any, Any]) -> None:
+    """Run `work` unless or until `stop` is set."""
+    task, stopped = asyncio.ensure_future(work), asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    for pending in (task, stopped):
+        pending.cancel()
+    await asyncio.gather(task, stopped, return_exceptions=True)
 
 
 def _read(path: Path | None) -> bytes | None:

@@ -17,6 +17,7 @@ never goes back, and a lagging renderer never blocks the scene.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -78,7 +79,11 @@ class TileStats:
 
 @dataclass
 class CompositorStats:
+    """Chunks composed, the first one's index, per-tile counts, and how many times no tile
+    was on time (the composed stream fell behind real time)."""
+
     chunks: int = 0
+    slow: int = 0
     first_index: int | None = None
     tiles: dict[str, TileStats] = field(default_factory=dict)
 
@@ -171,6 +176,7 @@ class _Feed:
         self.first: tuple[int, float] | None = None  # (index, arrival) of its first chunk
         self.size: tuple[int, int] | None = None
         self.last_frame: np.ndarray | None = None  # [th, tw, 3]
+        self.newest: int | None = None  # the highest index received
         self.lagging = False
         self.stats = TileStats()
 
@@ -206,7 +212,29 @@ class Compositor:
         self._next = 0  # the lowest chunk index still wanted
         self._canvas: Canvas | None = None
         self._state: str | None = None
+        self._slow = False  # no tile was on time: the composed clock follows the first to come
+        self._composed = asyncio.Event()  # set after each composed chunk
+        self.last_index: int | None = None  # the last chunk composed
         self.stats = CompositorStats(tiles={f.tile.name: f.stats for f in self._feeds})
+
+    @property
+    def newest(self) -> int | None:
+        """The highest chunk index any tile delivered so far."""
+        firsts = [f.newest for f in self._feeds if f.newest is not None]
+        return max(firsts) if firsts else None
+
+    async def composed(self, index: int, timeout_s: float) -> bool:
+        """Wait until chunk `index` has been composed; False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.last_index is None or self.last_index < index:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            self._composed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._composed.wait(), remaining)
+        return True
 
     def now(self) -> float:
         return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
@@ -234,13 +262,20 @@ class Compositor:
         log.info("compositor started", session=self.session, tiles=len(self._feeds), chunk=index)
         while not stop.is_set():
             self._next = index
-            deadline = t0 + index * self.config.period_s + self.config.allowance_s
-            await self._gather(index, deadline, stop)
+            due = t0 + index * self.config.period_s + self.config.allowance_s
+            slipped = await self._gather(index, due, stop)
             if stop.is_set():
                 break
+            if slipped > 0:
+                t0 += slipped  # the clock moves on from here, later; it never goes back
+            elif self._slow:
+                self._slow = False
+                log.info("composed stream back in real time", session=self.session, chunk=index)
             chunk = await self._compose(index)
             await publish(self.bus, self.session, chunk, maxlen=self.config.video_maxlen)
             self.stats.chunks += 1
+            self.last_index = index
+            self._composed.set()
             await self._report_state(chunk)
             index += 1
 
@@ -262,6 +297,7 @@ class Compositor:
 
     def _accept(self, feed: _Feed, chunk: VideoChunk) -> None:
         feed.stats.received += 1
+        feed.newest = max(chunk.index, feed.newest if feed.newest is not None else chunk.index)
         if feed.first is None:
             feed.first = (chunk.index, self.now())
             feed.size = (chunk.width, chunk.height)
@@ -292,12 +328,28 @@ class Compositor:
         self._canvas = Canvas(self.config, size, self.background_image)
         return t0, min(index for index, _ in arrived)
 
-    async def _gather(self, index: int, deadline: float, stop: asyncio.Event) -> None:
-        """Wait until every tile has chunk `index`, or the deadline passed, or `stop`."""
+    async def _gather(self, index: int, deadline: float, stop: asyncio.Event) -> float:
+        """Wait until every tile has chunk `index`, or the deadline passed, or `stop`.
+
+        When no tile at all has the chunk by its deadline, the machine (not one renderer) is
+        behind: the clock waits for the first tile that delivers it and gives the others
+        `allowance_s` after that, so that a scene rendered slower than real time still shows
+        every tile (it plays slower; a recording of it is whole). Returns how many seconds
+        the deadline slipped so (0 when it held).
+        """
+        start = deadline
         while not all(index in f.chunks for f in self._feeds):
             remaining = deadline - self.now()
+            if remaining <= 0 and not any(index in f.chunks for f in self._feeds):
+                await self._report_slow(index)
+                if await self._wait(stop, None):
+                    break
+                if any(index in f.chunks for f in self._feeds):
+                    deadline = self.now() + self.config.allowance_s
+                continue
             if remaining <= 0 or await self._wait(stop, remaining):
-                return
+                break
+        return deadline - start
 
     async def _wait(self, stop: asyncio.Event, timeout: float | None) -> bool:
         """Wait for a chunk to arrive (or `timeout`); True when `stop` is set."""
@@ -378,6 +430,19 @@ class Compositor:
         log.warning("tile late; holding its last frame", tile=feed.tile.name,
                     session=feed.tile.session, chunk=index)  # fmt: skip
         await self._event(ErrorEvent(reason=reason, stream=feed.stream, field="video"))
+
+    async def _report_slow(self, index: int) -> None:
+        if self._slow:
+            return
+        self._slow = True
+        self.stats.slow += 1
+        log.warning("no tile on time; the composed stream follows the first tile to come",
+                    session=self.session, chunk=index)  # fmt: skip
+        reason = (
+            f"no tile delivered chunk {index} by its deadline: the renderers run slower than real "
+            "time, and so does the composed stream"
+        )
+        await self._event(ErrorEvent(reason=reason, field="video"))
 
     async def _report_state(self, chunk: VideoChunk) -> None:
         if chunk.state != self._state:

@@ -173,3 +173,30 @@ def test_mix_sums_and_saturates_both_ways() -> None:
     assert (np.frombuffer(mix([c.tobytes(), c.tobytes()]), "<i2") == -32_768).all()
     assert (np.frombuffer(mix([a.tobytes(), c.tobytes()]), "<i2") == -10_000).all()
     assert not np.frombuffer(mix([]), "<i2").any()  # nobody: silence
+
+
+async def test_when_every_tile_is_slow_the_clock_follows_the_first_and_nobody_is_held() -> None:
+    bus = MemoryBus()
+
+    async def tiles() -> None:  # both at a quarter of real time, b a little after a
+        for k in range(6):
+            await publish(bus, "a", chunk(k, 100, 10))
+            await asyncio.sleep(0.01)
+            await publish(bus, "b", chunk(k, 200, 20))
+            await asyncio.sleep(0.19)
+
+    producer = asyncio.create_task(tiles())
+    out, stats = await compose(
+        bus, TILES, config(allowance_s=0.1, period_s=0.05), lambda o: len(o) >= 6
+    )
+    await producer
+    assert [c.index for c in out] == list(range(6))
+    for k, composed in enumerate(out):
+        frames = chunk_frames(composed)
+        assert (region(frames, (0, 0))[..., 1] == k).all()
+        assert (region(frames, (1, 0))[..., 1] == k).all(), k
+        assert (np.frombuffer(composed.audio, "<i2") == 30).all()
+    assert stats.tiles["a"].held == stats.tiles["b"].held == 0
+    assert stats.slow == 1  # one report for the whole slow stretch
+    events = await collect(bus, "scene", "events", lambda o: any(e.type == "error" for e in o))
+    assert ["slower than real time" in e.reason for e in events if e.type == "error"] == [True]
