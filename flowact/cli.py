@@ -314,6 +314,32 @@ def demo(
         typer.echo(f"error event: {error}", err=True)
 
 
+@app.command()
+def scene(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="Scene file, e.g. scenes/duo.yaml.")],
+    out: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--out", "-o", help="MP4 of the composed session."),
+    ] = None,
+    bus: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--bus", help="Bus URL (default: in-process, with an embedded renderer)."),
+    ] = None,
+) -> None:
+    """Play a multi-agent scene: a director, one agent and renderer session each, composed."""
+    from flowact.agents.scene import SceneError, describe, scene_main
+
+    async def main(stop: asyncio.Event) -> None:
+        try:
+            result = await scene_main(file, out=out, bus_url=bus, config=ctx.obj.config, stop=stop)
+        except SceneError as err:
+            raise typer.BadParameter(str(err)) from None
+        typer.echo(describe(result))
+
+    run_until_signalled(main)
+
+
 @bench_app.command("renderer")
 def bench_renderer(
     ctx: typer.Context,

@@ -96,7 +96,8 @@ class RendererService:
         slots = [
             self.bus.consume(
                 [SESSIONS_STREAM],
-                self._options(SESSIONS_GROUP, f"{self.name}/{slot}"),
+                # One request a read: a slot busy rendering must not hold others' requests.
+                replace(self._options(SESSIONS_GROUP, f"{self.name}/{slot}"), batch=1),
                 lambda entry: self._take(entry, stop),
                 on_reject=self._rejected,
                 stop=stop,
