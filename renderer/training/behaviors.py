@@ -237,7 +237,10 @@ def idle_controls(frames: int, rng: np.random.Generator) -> np.ndarray:
     def sway(amplitude: float) -> np.ndarray:
         freqs = rng.uniform(0.08, 0.35, 2)
         phases = rng.uniform(0, 2 * math.pi, 2)
-        wave = sum(np.sin(2 * math.pi * f * t + p) - math.sin(p) for f, p in zip(freqs, phases))
+        wave = sum(
+            np.sin(2 * math.pi * f * t + p) - math.sin(p)
+            for f, p in zip(freqs, phases, strict=True)
+        )
         return amplitude * wave / 2
 
     for name, amplitude in (("yaw", 0.12), ("pitch", 0.08), ("roll", 0.08), ("lean", 0.05)):
@@ -276,7 +279,7 @@ def behavior_controls(base: np.ndarray, timeline: Timeline) -> np.ndarray:
         edges = np.flatnonzero(np.diff(ids)) + 1
         starts = np.concatenate([[0], edges])
         stops = np.concatenate([edges, [frames]])
-        for start, stop in zip(starts, stops):
+        for start, stop in zip(starts, stops, strict=True):
             b = ids[start]
             if b < 0:
                 continue
@@ -334,12 +337,23 @@ def random_controls(n: int, rng: np.random.Generator) -> np.ndarray:
 # What each channel's classifier looks at in a window of controls: means and spreads.
 _FEATURES: dict[str, tuple[tuple[str, str], ...]] = {
     "posture": (("mean", "roll"), ("mean", "lean")),
-    "gaze": (("std", "pitch"), ("std", "yaw"), ("mean", "gaze_x"), ("mean", "gaze_y"),
-             ("mean", "pitch"), ("mean", "yaw")),
+    "gaze": (
+        ("std", "pitch"),
+        ("std", "yaw"),
+        ("mean", "gaze_x"),
+        ("mean", "gaze_y"),
+        ("mean", "pitch"),
+        ("mean", "yaw"),
+    ),
     "face": (("mean", "smile"), ("mean", "brows")),
-    "gesture": (("mean", "l_raise"), ("mean", "r_raise"), ("mean", "r_bend"),
-                ("std", "r_bend"), ("mean", "l_bend")),
-}  # fmt: skip
+    "gesture": (
+        ("mean", "l_raise"),
+        ("mean", "r_raise"),
+        ("mean", "r_bend"),
+        ("std", "r_bend"),
+        ("mean", "l_bend"),
+    ),
+}
 
 
 def window_features(controls: np.ndarray, channel: str) -> np.ndarray:

@@ -151,5 +151,8 @@ def mean_of(values: list[float], last: int) -> float:
 
 
 def describe(state: StageState) -> dict[str, Any]:
-    return {"step": state.step, "seconds": round(state.seconds, 1),
-            "loss_last100": round(mean_of(state.losses, 100), 5)}  # fmt: skip
+    return {
+        "step": state.step,
+        "seconds": round(state.seconds, 1),
+        "loss_last100": round(mean_of(state.losses, 100), 5),
+    }

@@ -145,11 +145,20 @@ def sample_buffer(
 
     # conditioning of each frame: its chunk (in the window k-memory .. k+stream-1), or none
     frame_chunk = torch.cat(
-        [torch.full_like(k, -1)[:, None], torch.where(real, mem_chunk, -1),
-         k[:, None] + torch.arange(config.stream_latents, device=device) // lpc], 1)  # fmt: skip
+        [
+            torch.full_like(k, -1)[:, None],
+            torch.where(real, mem_chunk, -1),
+            k[:, None] + torch.arange(config.stream_latents, device=device) // lpc,
+        ],
+        1,
+    )
     frame_pos = torch.cat(
-        [torch.zeros_like(k)[:, None].expand(-1, memory + 1) + (lpc - 1),
-         torch.arange(config.stream_latents, device=device).expand(batch, -1) % lpc], 1)  # fmt: skip
+        [
+            torch.zeros_like(k)[:, None].expand(-1, memory + 1) + (lpc - 1),
+            torch.arange(config.stream_latents, device=device).expand(batch, -1) % lpc,
+        ],
+        1,
+    )
     has = frame_chunk >= 0
     prompt = _gather(data.prompt, rows, frame_chunk.clamp(min=0))  # [B, F, P]
     prompt = torch.where(has[..., None], prompt, -1)
@@ -209,5 +218,13 @@ def identity_of(data: LatentSet, rows: Tensor) -> Tensor:
     return data.identity[rows]
 
 
-__all__ = ["BufferBatch", "LatentSet", "audio_windows", "build_latent_set", "chunk_windows",
-           "sample_buffer", "text_table_for", "world"]  # fmt: skip
+__all__ = [
+    "BufferBatch",
+    "LatentSet",
+    "audio_windows",
+    "build_latent_set",
+    "chunk_windows",
+    "sample_buffer",
+    "text_table_for",
+    "world",
+]

@@ -90,9 +90,12 @@ def teacher_period(
 
 
 def distill_loss(
-    student: FlowActMMDiT, teacher: FlowActMMDiT, b: BufferBatch, cfg: DistillConfig,
+    student: FlowActMMDiT,
+    teacher: FlowActMMDiT,
+    b: BufferBatch,
+    cfg: DistillConfig,
     gen: torch.Generator,
-) -> Tensor:  # fmt: skip
+) -> Tensor:
     """Step-distillation loss of one batch (memory may be swapped for generated latents)."""
     mc = student.config
     batch, device = b.x0.shape[0], b.x0.device
@@ -117,8 +120,9 @@ def distill_loss(
     scale = torch.rand(batch, generator=gen, device=device) * (high - low) + low
     none = torch.rand(batch, generator=gen, device=device) < cfg.no_guidance_prob
     scale = torch.where(none, torch.full_like(scale, cfg.default_guidance), scale)
-    x_end, before, after = teacher_period(teacher, x_start, b, scale, cfg.teacher_micro_steps,
-                                          cfg.shift)  # fmt: skip
+    x_end, before, after = teacher_period(
+        teacher, x_start, b, scale, cfg.teacher_micro_steps, cfg.shift
+    )
     delta = (after - before).repeat_interleave(lpc)[None, :, None, None, None]
     target = (x_end - x_start) / delta
 

@@ -224,8 +224,9 @@ def generate_and_read(
     cat = {k: torch.cat(v, 1).numpy() for k, v in out.items()}
     behavior = np.stack([t.behavior for t in streams.timeline])
     mouth = np.stack([speech.mouth_from_pcm(p) for p in streams.pcm])
-    return StreamReadings(mouth, cat["gen_c"], cat["gt_c"], cat["gen_i"], cat["gt_i"], ref_id,
-                          behavior, seams, film)  # fmt: skip
+    return StreamReadings(
+        mouth, cat["gen_c"], cat["gt_c"], cat["gen_i"], cat["gt_i"], ref_id, behavior, seams, film
+    )
 
 
 # ---------------------------------------------------------------------------------- metrics
@@ -242,8 +243,9 @@ def lipsync(mouth_read: np.ndarray, mouth_gt: np.ndarray) -> float:
     return _pearson(mouth_read.ravel(), mouth_gt.ravel())
 
 
-def behavior_accuracy(controls: np.ndarray, behavior: np.ndarray, window: int,
-                      protos: dict[str, np.ndarray]) -> tuple[float, int]:  # fmt: skip
+def behavior_accuracy(
+    controls: np.ndarray, behavior: np.ndarray, window: int, protos: dict[str, np.ndarray]
+) -> tuple[float, int]:
     """Share of (window, channel) pairs, inside one commanded segment and past its ramp,
     whose classified behavior equals the command (idle included); and their count."""
     ramp = int(bh.RAMP_SECONDS * FPS) + 2
@@ -293,8 +295,10 @@ def compute_report(r: StreamReadings, cfg: EvalConfig) -> EvalReport:
     gen_all, gt_all = metrics(whole, "gen"), metrics(whole, "gt")
     overall = {m: {"generated": gen_all[m], "ground_truth": gt_all[m]} for m in METRICS}
     per = [(metrics(sl, "gen"), metrics(sl, "gt")) for sl in bins]
-    series = {m: {"generated": [g[m] for g, _ in per], "ground_truth": [t[m] for _, t in per]}
-              for m in METRICS}  # fmt: skip
+    series = {
+        m: {"generated": [g[m] for g, _ in per], "ground_truth": [t[m] for _, t in per]}
+        for m in METRICS
+    }
     return EvalReport(overall, series, per_bin / FPS, asdict(cfg))
 
 

@@ -121,12 +121,21 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         summary_path.write_text(json.dumps(summary, indent=1, default=str))
 
     # VAE
-    vae_cfg = VAETrainConfig(VAE_PRESET[cfg.preset], size, batch=cfg.vae_batch, steps=100_000,
-                             seconds=cfg.vae_seconds, seed=cfg.seed)  # fmt: skip
+    vae_cfg = VAETrainConfig(
+        VAE_PRESET[cfg.preset],
+        size,
+        batch=cfg.vae_batch,
+        steps=100_000,
+        seconds=cfg.vae_seconds,
+        seed=cfg.seed,
+    )
     vae, vae_state = train_vae(vae_cfg, work, device, bank, piece_seconds=left())
     vae.requires_grad_(False)
-    summary["vae"] = {"steps": vae_state.step, "seconds": vae_state.seconds,
-                      "loss": float(np.mean(vae_state.losses[-50:]))}  # fmt: skip
+    summary["vae"] = {
+        "steps": vae_state.step,
+        "seconds": vae_state.seconds,
+        "loss": float(np.mean(vae_state.losses[-50:])),
+    }
 
     # probe: half of each batch through the VAE, so it reads decoded frames too
     probe = _train_probe(cfg, work, device, vae, size, min(left(), cfg.probe_seconds), summary)
@@ -138,8 +147,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     else:
         t0 = time.monotonic()
         clip_cfg = world.ClipConfig(chunks=cfg.clip_chunks, size=size)
-        latents = data_mod.build_latent_set(vae, cfg.latent_clips, clip_cfg,
-                                            np.random.default_rng(cfg.seed + 7), bank, device)  # fmt: skip
+        latents = data_mod.build_latent_set(
+            vae, cfg.latent_clips, clip_cfg, np.random.default_rng(cfg.seed + 7), bank, device
+        )
         torch.save(vars(latents), latents_path)
         summary["latents"] = {"clips": len(latents), "seconds": time.monotonic() - t0}
     save_summary()
@@ -152,8 +162,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     encoder = audio_encoder_for(config, AUDIO_PRESET[cfg.preset]).to(device)
     summary["dit_parameters"] = count_parameters(model)
     ema = EMA(model, 0.999)
-    s1 = DiffusionConfig("stage1", audio=False, batch=cfg.batch, steps=100_000,
-                         seconds=cfg.stage1_seconds, seed=cfg.seed)  # fmt: skip
+    s1 = DiffusionConfig(
+        "stage1",
+        audio=False,
+        batch=cfg.batch,
+        steps=100_000,
+        seconds=cfg.stage1_seconds,
+        seed=cfg.seed,
+    )
     st1 = train_diffusion(s1, model, encoder, latents, table, work, ema, piece_seconds=left())
     summary["stage1"] = _stage_summary(st1)
     # stage 2 starts from stage 1's model, encoder and EMA (the objects stage 1 left)
@@ -165,14 +181,25 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     # stage 3
     teacher = ema.model
     teacher.set_attention_backend("split")
-    d = DistillConfig(batch=cfg.distill_batch, steps=100_000, seconds=cfg.stage3_seconds,
-                      teacher_micro_steps=cfg.teacher_micro_steps, default_guidance=cfg.guidance)  # fmt: skip
-    student, student_ema, st3 = train_distill(d, teacher, encoder, latents, table, work,
-                                              piece_seconds=left())  # fmt: skip
+    d = DistillConfig(
+        batch=cfg.distill_batch,
+        steps=100_000,
+        seconds=cfg.stage3_seconds,
+        teacher_micro_steps=cfg.teacher_micro_steps,
+        default_guidance=cfg.guidance,
+    )
+    student, student_ema, st3 = train_distill(
+        d, teacher, encoder, latents, table, work, piece_seconds=left()
+    )
     summary["stage3"] = _stage_summary(st3)
 
-    sampling = {"micro_steps": 1, "guidance": cfg.guidance, "shift": d.shift,
-                "refine_every": cfg.refine_every, "text_encoder": "auto"}  # fmt: skip
+    sampling = {
+        "micro_steps": 1,
+        "guidance": cfg.guidance,
+        "shift": d.shift,
+        "refine_every": cfg.refine_every,
+        "text_encoder": "auto",
+    }
     final = student_ema.model
     export_checkpoint(cfg.checkpoint, final, vae, encoder, probe, sampling)
     summary["checkpoint"] = cfg.checkpoint
@@ -202,9 +229,13 @@ def _train_probe(cfg, work, device, vae, size, seconds, summary) -> PoseProbe:
     from flowact.renderer.training.probe import score_probe
 
     score = score_probe(probe)
-    summary["probe"] = {"steps": len(losses), "loss": float(np.mean(losses[-50:])),
-                        "control_corr": score.control_corr, "identity_corr": score.identity_corr,
-                        "identity_rank1": score.identity_rank1}  # fmt: skip
+    summary["probe"] = {
+        "steps": len(losses),
+        "loss": float(np.mean(losses[-50:])),
+        "control_corr": score.control_corr,
+        "identity_corr": score.identity_corr,
+        "identity_rank1": score.identity_rank1,
+    }
     return probe
 
 
@@ -228,29 +259,53 @@ def _probe_steps(pcfg: ProbeConfig, tcfg: ProbeTrainConfig, device, seconds: flo
 
 
 def _stage_summary(state) -> dict:
-    return {"steps": state.step, "seconds": round(state.seconds, 1),
-            "loss_first50": float(np.mean(state.losses[:50])) if state.losses else None,
-            "loss_last50": float(np.mean(state.losses[-50:])) if state.losses else None}  # fmt: skip
+    return {
+        "steps": state.step,
+        "seconds": round(state.seconds, 1),
+        "loss_first50": float(np.mean(state.losses[:50])) if state.losses else None,
+        "loss_last50": float(np.mean(state.losses[-50:])) if state.losses else None,
+    }
 
 
 def _evaluate(cfg, student, teacher, vae, encoder, probe, table, work, data_dir) -> dict:
     config = student.config
     results = {}
-    base = EvalConfig(seconds=cfg.eval_seconds, identities=cfg.eval_identities,
-                      speech_bank=str(data_dir / "speech_eval.npz"))  # fmt: skip
+    base = EvalConfig(
+        seconds=cfg.eval_seconds,
+        identities=cfg.eval_identities,
+        speech_bank=str(data_dir / "speech_eval.npz"),
+    )
     runs = {
-        "distilled_3nfe_refine": (student, replace(base, refine_every=cfg.refine_every),
-                                  {"guidance": cfg.guidance}),
-        "distilled_3nfe_no_refine": (student, replace(base, refine_every=0), {"guidance": cfg.guidance}),
-        "teacher_12nfe_no_cfg": (teacher, replace(base, seconds=cfg.teacher_eval_seconds,
-                                 micro_steps=cfg.teacher_micro_steps, refine_every=0), {}),
-    }  # fmt: skip
+        "distilled_3nfe_refine": (
+            student,
+            replace(base, refine_every=cfg.refine_every),
+            {"guidance": cfg.guidance},
+        ),
+        "distilled_3nfe_no_refine": (
+            student,
+            replace(base, refine_every=0),
+            {"guidance": cfg.guidance},
+        ),
+        "teacher_12nfe_no_cfg": (
+            teacher,
+            replace(
+                base,
+                seconds=cfg.teacher_eval_seconds,
+                micro_steps=cfg.teacher_micro_steps,
+                refine_every=0,
+            ),
+            {},
+        ),
+    }
     for name, (model, ecfg, sampling) in runs.items():
         t0 = time.monotonic()
         bundle = Bundle(config, model, vae, encoder, probe, {"shift": 3.0, **sampling})
         report = run_eval(bundle, work / "eval" / name, ecfg, probe, text_table=table)
-        results[name] = {"overall": report.overall, "bins": report.bins,
-                         "seconds": time.monotonic() - t0}  # fmt: skip
+        results[name] = {
+            "overall": report.overall,
+            "bins": report.bins,
+            "seconds": time.monotonic() - t0,
+        }
     return results
 
 

@@ -63,8 +63,13 @@ class PoseProbe(nn.Module):
         c_in, width = 3, cfg.width
         side = cfg.size[0]
         while side > cfg.grid:
-            layers += [nn.Conv2d(c_in, width, 3, stride=2, padding=1), nn.GroupNorm(8, width),
-                       nn.SiLU(), nn.Conv2d(width, width, 3, padding=1), nn.SiLU()]  # fmt: skip
+            layers += [
+                nn.Conv2d(c_in, width, 3, stride=2, padding=1),
+                nn.GroupNorm(8, width),
+                nn.SiLU(),
+                nn.Conv2d(width, width, 3, padding=1),
+                nn.SiLU(),
+            ]
             c_in, width, side = width, min(width * 2, cfg.width * 4), side // 2
         self.features = nn.Sequential(*layers)
         flat = c_in * cfg.grid * cfg.grid
@@ -172,8 +177,14 @@ def score_probe(probe: PoseProbe, n: int = 256, seed: int = 123) -> ProbeScore:
     got, want = out.controls[:, 0].cpu().numpy(), controls.cpu().numpy()
     corr = {name: _pearson(got[:, k], want[:, k]) for k, name in enumerate(bh.CONTROLS)}
     ident_got, ident_want = out.identity[:, 0].cpu(), world.identity_targets(identity).cpu()
-    id_corr = float(np.mean([_pearson(ident_got[:, d].numpy(), ident_want[:, d].numpy())
-                             for d in range(ident_want.shape[1])]))  # fmt: skip
+    id_corr = float(
+        np.mean(
+            [
+                _pearson(ident_got[:, d].numpy(), ident_want[:, d].numpy())
+                for d in range(ident_want.shape[1])
+            ]
+        )
+    )
     rank1 = (torch.cdist(ident_got, ident_want).argmin(1) == torch.arange(n)).float().mean()
     return ProbeScore(corr, id_corr, float(rank1))
 

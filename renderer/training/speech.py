@@ -25,8 +25,18 @@ TARGET_RMS = 0.1  # -20 dBFS
 FLOOR_DB = -45.0  # envelope at or below this: mouth closed
 RANGE_DB = 32.0  # the envelope rise that opens the mouth fully
 
-VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-us+f3", "en-gb+f2", "en-us+m3",
-          "en-gb+m1", "en-us+f4", "en-gb-x-rp")  # fmt: skip
+VOICES = (
+    "en-us",
+    "en-gb",
+    "en-gb-scotland",
+    "en-029",
+    "en-us+f3",
+    "en-gb+f2",
+    "en-us+m3",
+    "en-gb+m1",
+    "en-us+f4",
+    "en-gb-x-rp",
+)
 
 _SUBJECTS = (
     "the old lighthouse",
@@ -162,7 +172,7 @@ def save_bank(path: str | Path, utterances: list[np.ndarray]) -> None:
 def load_bank(path: str | Path) -> list[np.ndarray]:
     data = np.load(path)
     pcm, offsets = data["pcm"].astype(np.float32) / 32767, data["offsets"]
-    return [pcm[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    return [pcm[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
 
 
 # ------------------------------------------------------------------------------- babble

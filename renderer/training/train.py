@@ -71,8 +71,9 @@ class DiffusionConfig:
     ema_decay: float = 0.999
 
 
-def sample_levels(batch: int, chunks: int, cfg: DiffusionConfig, gen: torch.Generator,
-                  device: torch.device) -> Tensor:  # fmt: skip
+def sample_levels(
+    batch: int, chunks: int, cfg: DiffusionConfig, gen: torch.Generator, device: torch.device
+) -> Tensor:
     """Noise level of each stream chunk, oldest first; `[B, chunks]`."""
     r = 1 - torch.rand(batch, 1, generator=gen, device=device)  # (0, 1]
     staggered = (torch.arange(chunks, device=device) + r) / chunks
@@ -81,8 +82,9 @@ def sample_levels(batch: int, chunks: int, cfg: DiffusionConfig, gen: torch.Gene
     return shift_sigmas(torch.where(pick, staggered, independent), cfg.shift)
 
 
-def _forward(model: FlowActMMDiT, x: Tensor, t: Tensor, b: BufferBatch, frames: slice,
-             n_context: int) -> Tensor:  # fmt: skip
+def _forward(
+    model: FlowActMMDiT, x: Tensor, t: Tensor, b: BufferBatch, frames: slice, n_context: int
+) -> Tensor:
     return model(x, t, b.audio[:, frames], b.text[:, frames], b.text_mask[:, frames], n_context)
 
 
@@ -104,9 +106,13 @@ def generated_memory(
 
 
 def diffusion_loss(
-    model: FlowActMMDiT, b: BufferBatch, cfg: DiffusionConfig, gen: torch.Generator,
-    use_gen_memory: bool = False, refine: bool = False,
-) -> Tensor:  # fmt: skip
+    model: FlowActMMDiT,
+    b: BufferBatch,
+    cfg: DiffusionConfig,
+    gen: torch.Generator,
+    use_gen_memory: bool = False,
+    refine: bool = False,
+) -> Tensor:
     """The stage-1/2 loss on one batch of buffers (modifies `b` in place: memory, dropout)."""
     mc = model.config
     batch, device = b.x0.shape[0], b.x0.device
@@ -131,8 +137,9 @@ def diffusion_loss(
     anchor = torch.where(start[:, None, None, None, None], b.x0[:, :1].expand_as(x0), x0)
     x_t = (1 - tt) * anchor + tt * noise
     # target: the velocity whose Euler step lands on x0 (plain flow matching when anchor = x0)
-    target = torch.where(start[:, None, None, None, None], (x_t - x0) / tt.clamp_min(1e-3),
-                         noise - x0)  # fmt: skip
+    target = torch.where(
+        start[:, None, None, None, None], (x_t - x0) / tt.clamp_min(1e-3), noise - x0
+    )
     x = torch.cat([b.x0[:, :n_ctx], x_t], 1)
     t = torch.cat([torch.zeros(batch, n_ctx, device=device), t_stream], 1)
     with autocast(device):
@@ -162,8 +169,9 @@ def refinement_loss(model: FlowActMMDiT, b: BufferBatch, gen: torch.Generator) -
     noise = torch.randn(x0.shape, generator=gen, device=device)
     tt = level[..., None, None, None]
     x = torch.cat([b.x0[:, :anchors], (1 - tt) * x0 + tt * noise], 1)
-    t = torch.cat([torch.zeros(x.shape[0], anchors, device=device),
-                   level.expand(-1, mc.short_term_size)], 1)  # fmt: skip
+    t = torch.cat(
+        [torch.zeros(x.shape[0], anchors, device=device), level.expand(-1, mc.short_term_size)], 1
+    )
     with autocast(device):
         v = _forward(model, x, t, b, frames, anchors)[:, anchors:]
     err = ((v.float() - (noise - x0)).pow(2) * face_weight(mc).to(device)).mean((1, 2, 3, 4))
@@ -196,8 +204,9 @@ def train_diffusion(
     ema = ema or EMA(model, cfg.ema_decay)
     groups = [{"params": list(model.parameters()), "lr": cfg.lr, "base": cfg.lr}]
     if cfg.audio:
-        groups.append({"params": list(encoder.parameters()), "lr": cfg.audio_lr,
-                       "base": cfg.audio_lr})  # fmt: skip
+        groups.append(
+            {"params": list(encoder.parameters()), "lr": cfg.audio_lr, "base": cfg.audio_lr}
+        )
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.99), weight_decay=0.01)
     modules = {"model": model, "encoder": encoder, "ema": ema.model}
     state = StageState(modules, {"opt": opt})
@@ -212,13 +221,17 @@ def train_diffusion(
         progress_ = progress_of(state, cfg.steps, cfg.seconds)
         for group in opt.param_groups:
             group["lr"] = cosine_lr(group["base"], i, progress_, cfg.warmup)
-        b = sample_buffer(data, model.config, text_table, gen, cfg.batch,
-                          encoder if cfg.audio else None)  # fmt: skip
+        b = sample_buffer(
+            data, model.config, text_table, gen, cfg.batch, encoder if cfg.audio else None
+        )
         loss = diffusion_loss(
-            model, b, cfg, gen,
+            model,
+            b,
+            cfg,
+            gen,
             use_gen_memory=i >= cfg.gen_memory_after and cfg.gen_memory_prob > 0,
             refine=cfg.refine_every > 0 and i % cfg.refine_every == 0,
-        )  # fmt: skip
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)

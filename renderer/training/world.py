@@ -29,11 +29,27 @@ from flowact.schemas.timebase import FRAMES_PER_CHUNK, SAMPLES_PER_FRAME
 # ------------------------------------------------------------------------------- identities
 
 _FIELDS: tuple[tuple[str, int], ...] = (
-    ("skin", 3), ("hair", 3), ("shirt", 3), ("bg1", 3), ("bg2", 3), ("iris", 3), ("hat_rgb", 3),
-    ("glasses_rgb", 3), ("face_w", 1), ("face_ratio", 1), ("eye_gap", 1), ("mouth_w", 1),
-    ("mouth_y", 1), ("glasses", 1), ("hat", 1), ("hair_style", 1), ("pattern", 1),
-    ("pattern_freq", 1), ("pattern_angle", 1), ("pattern_phase", 1),
-)  # fmt: skip
+    ("skin", 3),
+    ("hair", 3),
+    ("shirt", 3),
+    ("bg1", 3),
+    ("bg2", 3),
+    ("iris", 3),
+    ("hat_rgb", 3),
+    ("glasses_rgb", 3),
+    ("face_w", 1),
+    ("face_ratio", 1),
+    ("eye_gap", 1),
+    ("mouth_w", 1),
+    ("mouth_y", 1),
+    ("glasses", 1),
+    ("hat", 1),
+    ("hair_style", 1),
+    ("pattern", 1),
+    ("pattern_freq", 1),
+    ("pattern_angle", 1),
+    ("pattern_phase", 1),
+)
 IDENTITY: dict[str, slice] = {}
 _start = 0
 for _name, _size in _FIELDS:
@@ -64,16 +80,29 @@ def sample_identities(n: int, split: str = "train", seed: int = 0) -> Tensor:
     tone = rng.uniform(0, 1, n)[:, None]
     light, dark = np.array([0.98, 0.84, 0.72]), np.array([0.36, 0.23, 0.15])
     put("skin", np.clip(light + (dark - light) * tone + rng.normal(0, 0.03, (n, 3)), 0, 1))
-    hair_palette = np.array([[0.08, 0.06, 0.05], [0.35, 0.2, 0.1], [0.85, 0.7, 0.35],
-                             [0.6, 0.2, 0.08], [0.7, 0.7, 0.72]])  # fmt: skip
+    hair_palette = np.array(
+        [
+            [0.08, 0.06, 0.05],
+            [0.35, 0.2, 0.1],
+            [0.85, 0.7, 0.35],
+            [0.6, 0.2, 0.08],
+            [0.7, 0.7, 0.72],
+        ]
+    )
     hair = hair_palette[rng.integers(0, len(hair_palette), n)]
     vivid = _hsv(rng.uniform(0, 1, n), np.full(n, 0.8), np.full(n, 0.8))
     put("hair", np.where(rng.random((n, 1)) < 0.2, vivid, hair))
     put("shirt", _hsv(rng.uniform(0, 1, n), rng.uniform(0.4, 0.9, n), rng.uniform(0.35, 0.95, n)))
     bg_hue = rng.uniform(0, 1, n)
     put("bg1", _hsv(bg_hue, rng.uniform(0.1, 0.6, n), rng.uniform(0.4, 0.95, n)))
-    put("bg2", _hsv((bg_hue + rng.uniform(-0.2, 0.2, n)) % 1, rng.uniform(0.1, 0.7, n),
-                    rng.uniform(0.2, 0.9, n)))  # fmt: skip
+    put(
+        "bg2",
+        _hsv(
+            (bg_hue + rng.uniform(-0.2, 0.2, n)) % 1,
+            rng.uniform(0.1, 0.7, n),
+            rng.uniform(0.2, 0.9, n),
+        ),
+    )
     irises = np.array([[0.25, 0.15, 0.08], [0.2, 0.4, 0.7], [0.25, 0.5, 0.3], [0.4, 0.4, 0.45]])
     put("iris", irises[rng.integers(0, len(irises), n)])
     put("hat_rgb", _hsv(rng.uniform(0, 1, n), rng.uniform(0.3, 0.9, n), rng.uniform(0.2, 0.9, n)))
@@ -228,8 +257,9 @@ def _head(cv: _Canvas, f: dict[str, Tensor], c: dict[str, Tensor], x0: float) ->
     long_hair = torch.maximum(_ellipse(x, y, cx, cy + 0.06, rx * 1.3, ry * 1.2), y - cy - ry)
     cv.paint(long_hair + (style != 1) * 10.0, hair * 0.9)
     for side in (-1.0, 1.0):
-        cv.paint(_ellipse(x, y, cx + side * rx * 0.97 - 0.01 * yaw, cy + 0.02, 0.028, 0.045),
-                 skin * 0.85)  # fmt: skip
+        cv.paint(
+            _ellipse(x, y, cx + side * rx * 0.97 - 0.01 * yaw, cy + 0.02, 0.028, 0.045), skin * 0.85
+        )
     cv.paint(_ellipse(x, y, cx, cy, rx, ry), skin)
     cap = torch.maximum(_ellipse(x, y, cx, cy - 0.02, rx * 1.06, ry * 1.02), y - (cy - 0.5 * ry))
     cv.paint(cap + (style == 2) * 10.0, hair)

@@ -62,8 +62,11 @@ def test_buffer_layout_matches_the_stream_buffer(tiny_latents, tiny_config, text
                 assert torch.equal(b.x0[i, 1 + slot], b.x0[i, 0])
                 assert not b.text_mask[i, 1 + slot].any()
     # the stream is contiguous latents: find one buffer's stream inside its clip
-    rows = [r for r in range(len(tiny_latents))
-            if (tiny_latents.latents[r].float() == b.x0[0, n_ctx]).all((1, 2, 3)).any()]  # fmt: skip
+    rows = [
+        r
+        for r in range(len(tiny_latents))
+        if (tiny_latents.latents[r].float() == b.x0[0, n_ctx]).all((1, 2, 3)).any()
+    ]
     assert rows
     start = 1 + int(b.k[0]) * lpc
     clip = tiny_latents.latents[rows[0]].float()
@@ -101,8 +104,9 @@ def test_stage2_trains_the_audio_encoder_jointly(tiny_latents, tiny_config, text
     gen = torch.Generator().manual_seed(1)
 
     def loss():
-        b = data.sample_buffer(tiny_latents, tiny_config, text_table, gen.manual_seed(1), 4,
-                               tiny_audio, start_prob=0.5)  # fmt: skip
+        b = data.sample_buffer(
+            tiny_latents, tiny_config, text_table, gen.manual_seed(1), 4, tiny_audio, start_prob=0.5
+        )
         return diffusion_loss(model, b, cfg, torch.Generator().manual_seed(2))
 
     params = list(model.parameters()) + list(tiny_audio.parameters())
@@ -112,7 +116,9 @@ def test_stage2_trains_the_audio_encoder_jointly(tiny_latents, tiny_config, text
     assert any(k.startswith("proj_in") for k in moved)
 
 
-def test_stage3_student_approaches_the_guided_teacher(tiny_latents, tiny_config, text_table, tiny_audio):
+def test_stage3_student_approaches_the_guided_teacher(
+    tiny_latents, tiny_config, text_table, tiny_audio
+):
     torch.manual_seed(0)
     teacher = FlowActMMDiT(tiny_config).eval().requires_grad_(False)
     student = FlowActMMDiT(tiny_config)  # a fresh student: its loss has room to fall
@@ -124,7 +130,9 @@ def test_stage3_student_approaches_the_guided_teacher(tiny_latents, tiny_config,
     assert losses[-1] < 0.7 * losses[0]
 
 
-def test_stages_resume_from_their_state(tmp_path, tiny_latents, tiny_config, text_table, tiny_audio):
+def test_stages_resume_from_their_state(
+    tmp_path, tiny_latents, tiny_config, text_table, tiny_audio
+):
     torch.manual_seed(0)
     model = FlowActMMDiT(tiny_config)
     cfg = DiffusionConfig(steps=2, batch=2, save_every=1, gen_memory_after=1)
@@ -132,12 +140,19 @@ def test_stages_resume_from_their_state(tmp_path, tiny_latents, tiny_config, tex
     fresh = FlowActMMDiT(tiny_config)
     state = StageState({"model": fresh})
     assert state.load(tmp_path / "stage1" / "state.pt") and state.step == 2
-    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    more = train_diffusion(replace(cfg, steps=3), fresh, tiny_audio, tiny_latents, text_table,
-                           tmp_path, progress=False)  # fmt: skip
+    more = train_diffusion(
+        replace(cfg, steps=3), fresh, tiny_audio, tiny_latents, text_table, tmp_path, progress=False
+    )
     assert more.step == 3 and len(more.losses) == 3
-    student, ema, st = train_distill(DistillConfig(steps=1, batch=2, teacher_micro_steps=2),
-                                     fresh, tiny_audio, tiny_latents, text_table, tmp_path,
-                                     progress=False)  # fmt: skip
+    student, ema, st = train_distill(
+        DistillConfig(steps=1, batch=2, teacher_micro_steps=2),
+        fresh,
+        tiny_audio,
+        tiny_latents,
+        text_table,
+        tmp_path,
+        progress=False,
+    )
     assert st.step == 1 and (tmp_path / "stage3" / "state.pt").is_file()

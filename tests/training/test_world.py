@@ -57,7 +57,7 @@ def test_arm_and_head_controls_move_their_parts():
     ys, xs = torch.nonzero(wave > 0.1, as_tuple=True)
     assert xs.float().mean() / 64 > 0.6  # the screen-right arm
     tilt = _pair("roll", -0.8, 0.8)
-    assert tilt[: 40].sum() > tilt[40:].sum()  # the head, not the body
+    assert tilt[:40].sum() > tilt[40:].sum()  # the head, not the body
 
 
 def test_heldout_paraphrases_are_disjoint_from_training():
@@ -129,7 +129,5 @@ def test_chunk_windows_match_the_engine_grouping():
     torch.manual_seed(0)
     feats = torch.randn(2, 4 * FRAMES_PER_CHUNK, 5)
     stream = AudioGroupStream(2)
-    want = torch.cat(
-        [stream.push(feats[:, k * 12 : (k + 1) * 12]).current for k in range(4)], 1
-    )
+    want = torch.cat([stream.push(feats[:, k * 12 : (k + 1) * 12]).current for k in range(4)], 1)
     assert torch.equal(chunk_windows(feats, 2), want)
