@@ -183,7 +183,11 @@ class FlowActAvatarProcessor(FrameProcessor):
     async def _pump_video(self) -> None:
         pacer = _Pacer()
         async for chunk in self.avatar.video():
-            images = await asyncio.to_thread(rgb_frames, chunk)
+            try:
+                images = await asyncio.to_thread(rgb_frames, chunk)
+            except OSError as err:  # a frame that does not decode costs its chunk, not the video
+                log.warning("video chunk skipped", index=chunk.index, error=str(err))
+                continue
             for i, image in enumerate(images):
                 frame = OutputImageRawFrame(
                     image=image, size=(chunk.width, chunk.height), format="RGB"

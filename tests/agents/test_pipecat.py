@@ -16,6 +16,7 @@ from PIL import Image
 pytest.importorskip("pipecat", reason="needs the pipecat extra")
 
 from pipecat.frames.frames import (  # noqa: E402
+    CancelFrame,
     InterruptionFrame,
     OutputImageRawFrame,
     SpeechOutputAudioRawFrame,
@@ -185,6 +186,23 @@ async def test_without_sync_audio_tts_audio_passes_and_any_rate_is_taken(bus) ->
     assert sum(s.samples for s in segments) == to_clock(mono_samples, 11_025)
     chunks = [c for c in await messages(bus, avatar.session, "video") if isinstance(c, VideoChunk)]
     assert any(c.state == "speaking" for c in chunks[: avatar.chunks])
+
+
+async def test_a_cancel_frame_stops_the_session_without_waiting_for_the_speech(bus) -> None:
+    avatar = processor(bus)
+    frames = [TTSStartedFrame(), *tts_frames(tone(2.0, 16_000), 16_000), TTSStoppedFrame()]
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    down, _ = await run_test(
+        avatar, frames_to_send=[*frames, SleepFrame(0.5), CancelFrame()], send_end_frame=False
+    )
+    assert loop.time() - began < 2.0  # the 2 s of speech, 1.44 s away, were not waited for
+    assert any(isinstance(f, CancelFrame) for f in down)
+    assert [c.type for c in await messages(bus, avatar.session, "control")] == ["stop"]
+    assert not frames_audio(down).any()
+    sent = avatar.chunks
+    await asyncio.sleep(0.6)  # the renderer goes on until it reads the stop; nothing more comes
+    assert avatar.chunks == sent
 
 
 def test_a_missing_pipecat_names_the_extra(monkeypatch) -> None:
