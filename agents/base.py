@@ -86,6 +86,10 @@ class SessionClock(Protocol):
         """Return once `now_sample() >= sample`."""
         ...
 
+    def sync(self, sample: int) -> None:
+        """Playback is at `sample` now (the renderer said so, or the session just started)."""
+        ...
+
 
 @runtime_checkable
 class Outbox(Protocol):

@@ -142,11 +142,6 @@ class FlowActAvatarProcessor(FrameProcessor):
     # -- session ----------------------------------------------------------------------------------
 
     async def _start(self) -> None:
-        # The session clock starts now, not when this processor was built: speech handed in
-        # before the renderer's first report is placed on this clock.
-        sync = getattr(self.avatar.clock, "sync", None)
-        if sync is not None:
-            sync(0)
         await self.avatar.start(self.image, preset=self.preset, seed=self.seed)
         self._pump = self.create_task(self._pump_video(), name="flowact-video")
         log.info("pipecat avatar started", session=self.session, sync_audio=self.sync_audio)

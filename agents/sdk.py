@@ -110,6 +110,7 @@ class AvatarClient:
         # Stream ids start with the publish time in ms: read what is published from now on.
         self._since = f"{time.time_ns() // 1_000_000 - 1}-0"
         self.agent.set_image(image)
+        self.clock.sync(0)  # the session's clock starts with the session, not with this client
         request = SessionRequest(session=self.session, image=image, preset=preset, seed=seed)
         await typed.publish(self.bus, self.session, request)
         self._tasks = [
@@ -180,8 +181,7 @@ class AvatarClient:
 
     async def _follow_renderer(self) -> None:
         """Keep the agent's clock on the renderer's playhead."""
-        sync = getattr(self.clock, "sync", None)
         async for event in self._tail("events"):
             if isinstance(event, StateEvent) and event.actor == "renderer":
-                if event.frame is not None and sync is not None:
-                    sync(event.frame * tb.SAMPLES_PER_FRAME)
+                if event.frame is not None:
+                    self.clock.sync(event.frame * tb.SAMPLES_PER_FRAME)
