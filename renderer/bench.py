@@ -23,6 +23,7 @@ import asyncio
 import copy
 import gc
 import math
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -194,7 +195,7 @@ async def measure(
         capacity=sessions,
         text_encoder="hash",
     )
-    _use_threads(3 * sessions + 8)
+    await _use_threads(3 * sessions + 8, device)
     warm_s = await asyncio.to_thread(
         warmup, parts, settings.refine_every + 1, settings.refine_every
     )
@@ -237,14 +238,34 @@ def _steady_fps(arrivals: Sequence[float]) -> float:
     return (len(steady) - 1) * tb.FRAMES_PER_CHUNK / (steady[-1] - steady[0])
 
 
-def _use_threads(count: int) -> None:
+async def _use_threads(count: int, device: str) -> None:
     """Each session holds a thread for its forward and one for its decode: the loop's default
-    executor (min(32, cores + 4) threads) would cap how many sessions run at once."""
+    executor (min(32, cores + 4) threads) would cap how many sessions run at once.
+
+    On CUDA every thread of the new pool first runs a small conv and matmul, so that it makes
+    its cuDNN and cuBLAS handles before the clock starts. In a 16-session run without this, all
+    sessions but the first got their first chunk together 23 s late, which fits library handles
+    made one at a time in fresh threads; that cause is inferred, not confirmed.
+    """
     loop = asyncio.get_running_loop()
-    current = getattr(loop, "_flowact_threads", 0)
-    if count > current:
-        loop.set_default_executor(ThreadPoolExecutor(count, "bench"))
-        loop._flowact_threads = count  # type: ignore[attr-defined]
+    if count <= getattr(loop, "_flowact_threads", 0):
+        return
+    pool = ThreadPoolExecutor(count, "bench")
+    if torch.device(device).type == "cuda":
+        barrier = threading.Barrier(count)  # one task per thread: each waits for all the others
+        primed = [loop.run_in_executor(pool, _prime_thread, barrier, device) for _ in range(count)]
+        await asyncio.gather(*primed)
+    loop.set_default_executor(pool)
+    loop._flowact_threads = count  # type: ignore[attr-defined]
+
+
+def _prime_thread(barrier: threading.Barrier, device: str) -> None:
+    barrier.wait(timeout=120)
+    with torch.inference_mode():
+        x = torch.randn(1, 8, 3, 8, 8, device=device, dtype=torch.bfloat16)
+        torch.nn.functional.conv3d(x, torch.randn(8, 8, 3, 3, 3, device=device, dtype=x.dtype))
+        x.flatten(1) @ x.flatten(1).T
+    torch.cuda.synchronize(device)
 
 
 async def _serve(

@@ -84,16 +84,19 @@ def test_bf16_session_renders_frames_close_to_fp32() -> None:
     accelerate(bf16, AccelConfig(attention="split", decode_stream=True))  # no stream off CUDA
     assert next(bf16.model.parameters()).dtype == torch.bfloat16
     assert next(bf16.vae.parameters()).dtype == torch.bfloat16
-    frames = []
-    for parts in (fp32, bf16):
-        session = SessionRenderer(parts, seed=3)
-        session.start(None, [silent_plan(i) for i in range(session.lookahead)])
-        latents = session.step(silent_plan(session.lookahead))
-        frames.append(session.decode(latents))
+    frames = [_first_frames(fp32, seed=3), _first_frames(bf16, seed=3)]
+    other_noise = _first_frames(fp32, seed=4)  # what "anywhere" looks like
     assert frames[1].shape == frames[0].shape == (12, 32, 32, 3) and frames[1].dtype == np.uint8
-    # random weights amplify rounding, but bf16 must stay near fp32, not land anywhere
-    diff = np.abs(frames[1].astype(int) - frames[0].astype(int))
-    assert diff.mean() < 12
+    # random weights amplify rounding, but bf16 must land near fp32, far nearer than other noise
+    diff = np.abs(frames[1].astype(int) - frames[0].astype(int)).mean()
+    apart = np.abs(other_noise.astype(int) - frames[0].astype(int)).mean()
+    assert diff < 0.5 * apart
+
+
+def _first_frames(parts, seed: int) -> np.ndarray:
+    session = SessionRenderer(parts, seed=seed)
+    session.start(None, [silent_plan(i) for i in range(session.lookahead)])
+    return session.decode(session.step(silent_plan(session.lookahead)))
 
 
 def test_forward_factory_gives_each_session_its_forward() -> None:
