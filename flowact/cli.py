@@ -155,8 +155,8 @@ def serve_renderer(
     preset: PresetOption = None,
     device: DeviceOption = None,
     weights: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option(help="Checkpoint directory (default: random weights)."),
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Checkpoint directory, 'shipped' (default) or 'random'."),
     ] = None,
     capacity: Annotated[
         Optional[int], typer.Option(help="Sessions rendered at once.")  # noqa: UP045
@@ -296,14 +296,21 @@ def demo(
     ),
     preset: PresetOption = None,
     device: DeviceOption = None,
+    image: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Reference image (default: the shipped checkpoint's reference)."),
+    ] = None,
 ) -> None:
     """Run the whole system in one process (in-process bus, CPU) and record it to an MP4."""
-    from flowact.demo import run_demo
+    from flowact.demo import default_reference, run_demo
     from flowact.schemas.agent_settings import AgentSettings
 
     renderer = ctx.obj.renderer_settings(preset=preset, device=device)
     agent = AgentSettings.load(ctx.obj.config)
-    result = asyncio.run(run_demo(out, renderer, agent))
+    if image is None:
+        image = default_reference(renderer.preset)
+    reference = image.read_bytes() if image is not None else None
+    result = asyncio.run(run_demo(out, renderer, agent, image=reference))
     stats = result.recording
     typer.echo(f"wrote {result.path} ({stats.frames} frames, {stats.seconds:.1f} s of video)")
     if result.sheet is not None:

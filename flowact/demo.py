@@ -20,6 +20,7 @@ from flowact.bus.typed import publish
 from flowact.renderer.media import contact_sheet, encode_png
 from flowact.renderer.recorder import RecordingStats, record_session
 from flowact.renderer.service import RendererService
+from flowact.renderer.weights import shipped_checkpoint
 from flowact.schemas import codec
 from flowact.schemas import timebase as tb
 from flowact.schemas.agent_settings import AgentSettings
@@ -30,6 +31,7 @@ from flowact.schemas.streams import stream_name
 log = structlog.get_logger(__name__)
 
 SESSION = "demo"
+REFERENCE_NAME = "reference.png"
 LINES = ("Hello there! Who are you?", "What can you do for me?")
 
 
@@ -86,6 +88,14 @@ async def run_demo(
         stats = await recording
     sheet = write_contact_sheet(out) if stats.chunks else None
     return DemoResult(out, sheet, stats, len(lines), first_chunk_s, errors)
+
+
+def default_reference(preset: str) -> Path | None:
+    """The reference image shipped with the preset's checkpoint: a character the model never
+    saw in training."""
+    checkpoint = shipped_checkpoint(preset)
+    path = checkpoint / REFERENCE_NAME if checkpoint is not None else None
+    return path if path is not None and path.is_file() else None
 
 
 def write_contact_sheet(video: Path, every: int = tb.FRAMES_PER_CHUNK // 2) -> Path:

@@ -33,6 +33,7 @@ from flowact.renderer.sampler import FlowMatchEulerSampler
 from flowact.renderer.stream import ForwardFn, StreamConfig, StreamingGenerator
 from flowact.renderer.text import HashTextEncoder, MiniLMTextEncoder
 from flowact.renderer.timeline import ChunkPlan
+from flowact.renderer.weights import load_into, read_sampling, shipped_checkpoint
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +52,8 @@ class RendererParts:
     audio: audio_mod.LogMelAudioEncoder
     text: HashTextEncoder | MiniLMTextEncoder
     micro_steps: int = 1
+    guidance: float | None = None  # CFG scale for a model with a guidance embedding
+    shift: float = 3.0  # noise-schedule shift of the sampler
     trained: bool = False
     forward_factory: Callable[[], ForwardFn] | None = None  # one forward callable per session
     decode_stream: bool = False  # on CUDA, each session decodes on a stream of its own
@@ -61,11 +64,13 @@ class RendererParts:
         preset: str,
         *,
         device: str = "cpu",
-        weights: Path | None = None,
+        weights: Path | str | None = "shipped",
         text_encoder: str = "auto",
         seed: int = 0,
     ) -> RendererParts:
-        """Random weights from `seed`, or a checkpoint directory written by `save_weights`."""
+        """`weights`: a checkpoint directory written by `save_weights`, "shipped" (the
+        project's trained checkpoint of the preset when there is one, else random), or
+        "random"/None (random weights from `seed`)."""
         config = get_preset(preset)
         torch.manual_seed(seed)
         vae = vae_mod.build_vae(VAE_PRESET[preset])
@@ -79,8 +84,10 @@ class RendererParts:
             audio=audio_mod.LogMelAudioEncoder(audio_config),
             text=_text_encoder(text_encoder, preset),
         )
-        if weights is not None:
-            parts.load(weights)
+        if weights == "shipped":
+            weights = shipped_checkpoint(preset)
+        if weights not in (None, "random"):
+            parts.load(Path(weights))
         for module in (parts.model, parts.vae, parts.audio):
             module.to(device).eval()
         if not parts.trained:
@@ -88,10 +95,13 @@ class RendererParts:
         return parts
 
     def load(self, directory: Path) -> None:
-        from flowact.renderer.weights import load_into
-
         load_into(directory, {"dit": self.model, "vae": self.vae, "audio": self.audio})
+        sampling = read_sampling(directory)
+        self.micro_steps = sampling.get("micro_steps", self.micro_steps)
+        self.guidance = sampling.get("guidance", self.guidance)
+        self.shift = sampling.get("shift", self.shift)
         self.trained = True
+        log.info("renderer weights loaded", path=str(directory), **sampling)
 
     @property
     def device(self) -> torch.device:
@@ -117,8 +127,10 @@ class SessionRenderer:
         cfg = parts.config
         self.generator = StreamingGenerator(
             parts.model,
-            FlowMatchEulerSampler(chunks=cfg.stream_chunks, micro_steps=parts.micro_steps),
-            StreamConfig(refine_every=refine_every),
+            FlowMatchEulerSampler(
+                shift=parts.shift, chunks=cfg.stream_chunks, micro_steps=parts.micro_steps
+            ),
+            StreamConfig(refine_every=refine_every, guidance=parts.guidance),
             forward=parts.forward_factory() if parts.forward_factory is not None else None,
         )
         on_cuda = parts.device.type == "cuda"

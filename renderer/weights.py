@@ -39,6 +39,7 @@ log = structlog.get_logger(__name__)
 FORMAT = "flowact-weights"
 VERSION = 1
 INDEX_NAME = "index.json"
+SAMPLING_NAME = "sampling.json"  # how the checkpoint is meant to be sampled (guidance, steps)
 MAX_SHARD_BYTES = 16 * 1024 * 1024
 _SHARD_PREFIX = "weights-"
 _SHARD_SUFFIX = ".safetensors"
@@ -343,3 +344,16 @@ def _compare(
                 f"model shape {list(tensor.shape)}"
             )
     return problems
+
+
+def shipped_checkpoint(preset: str) -> Path | None:
+    """The checkpoint this project trained and ships for `preset` (`checkpoints/<preset>` of the
+    source tree), or None when there is none."""
+    directory = Path(__file__).resolve().parents[1] / "checkpoints" / preset
+    return directory if (directory / INDEX_NAME).is_file() else None
+
+
+def read_sampling(directory: str | Path) -> dict[str, Any]:
+    """The checkpoint's sampling settings ({} when it has none)."""
+    path = Path(directory) / SAMPLING_NAME
+    return json.loads(path.read_text()) if path.is_file() else {}

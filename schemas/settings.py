@@ -99,7 +99,11 @@ class RendererSettings(Settings):
 
     preset: str = Field(default="demo", description="tiny, demo or paper-480p")
     device: str = Field(default="cpu", description="torch device: cpu, cuda, cuda:1, ...")
-    weights: Path | None = Field(default=None, description="checkpoint directory; None: random")
+    weights: str = Field(
+        default="shipped",
+        description="checkpoint directory; shipped: the project's trained checkpoint of the "
+        "preset when there is one; random: random weights",
+    )
     text_encoder: Literal["auto", "minilm", "hash"] = "auto"
     worker: str = Field(default="", description="consumer name; empty: host-pid")
     capacity: int = Field(default=1, gt=0, description="sessions this worker renders at once")

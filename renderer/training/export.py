@@ -21,9 +21,14 @@ from flowact.renderer import vae as vae_mod
 from flowact.renderer.model import FlowActMMDiT
 from flowact.renderer.presets import RendererConfig
 from flowact.renderer.training.probe import PoseProbe, ProbeConfig
-from flowact.renderer.weights import load_into, read_index, save_weights
+from flowact.renderer.weights import (
+    SAMPLING_NAME,
+    load_into,
+    read_index,
+    read_sampling,
+    save_weights,
+)
 
-SAMPLING_FILE = "sampling.json"
 SMALL_TENSOR = 4096  # elements; smaller float tensors keep float32
 
 
@@ -57,7 +62,7 @@ def export_checkpoint(
         parts["probe"] = compact_state(probe, dtype)
         configs["probe"] = probe.config
     save_weights(directory, parts, configs)
-    (directory / SAMPLING_FILE).write_text(json.dumps(sampling or {}, indent=1) + "\n")
+    (directory / SAMPLING_NAME).write_text(json.dumps(sampling or {}, indent=1) + "\n")
     return directory
 
 
@@ -93,8 +98,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     load_into(directory, modules)
     for module in modules.values():
         module.to(device).eval()
-    sampling_path = directory / SAMPLING_FILE
-    sampling = json.loads(sampling_path.read_text()) if sampling_path.is_file() else {}
+    sampling = read_sampling(directory)
     return Bundle(config, model, vae, audio, probe, sampling)
 
 
