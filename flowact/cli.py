@@ -353,15 +353,45 @@ def bench_renderer(
     preset: PresetOption = None,
     device: DeviceOption = None,
     chunks: Annotated[int, typer.Option(help="Chunks to render (0.48 s each).")] = 30,
+    sessions: Annotated[int, typer.Option(help="Sweep concurrent sessions up to N.")] = 1,
+    compare: Annotated[
+        Optional[bool],  # noqa: UP045
+        typer.Option(help="Eager baseline beside the optimized path (default: on CUDA)."),
+    ] = None,
+    micro: Annotated[
+        Optional[bool],  # noqa: UP045
+        typer.Option(help="Per-stage micro-benchmarks (default: on CUDA)."),
+    ] = None,
+    accel: Annotated[
+        str, typer.Option(help="default, baseline, bf16, optimized or sessions.")
+    ] = "default",
+    vae: Annotated[
+        Optional[str], typer.Option(help="VAE preset (default: the preset's).")  # noqa: UP045
+    ] = None,
+    pace: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(help="Speed vs real time for the sessions sweep (0: unpaced)."),
+    ] = None,
 ) -> None:
-    """Steady fps, time to first frame and ms per stage of one session."""
-    from flowact.renderer.bench import format_report, run_renderer_bench
+    """Steady fps, time to first frame and ms per stage; eager vs optimized; sessions per GPU."""
+    from flowact.renderer.bench import bench_renderer as run
 
     settings = ctx.obj.renderer_settings(preset=preset, device=device)
     report = asyncio.run(
-        run_renderer_bench(settings.preset, settings.device, chunks, settings.text_encoder)
+        run(
+            settings.preset,
+            settings.device,
+            chunks,
+            settings.text_encoder,
+            sessions=sessions,
+            compare=compare,
+            micro=micro,
+            accel=accel,
+            vae=vae,
+            pace=pace,
+        )
     )
-    typer.echo(format_report(report))
+    typer.echo(report)
 
 
 async def _publish(settings: BusSettings, session: str, message) -> str:  # noqa: ANN001
