@@ -25,6 +25,10 @@ bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=T
 app.add_typer(bench_app, name="bench")
 serve_app = typer.Typer(help="Run a FlowAct service on a bus.", no_args_is_help=True)
 app.add_typer(serve_app, name="serve")
+train_app = typer.Typer(
+    help="Train a renderer in the synthetic avatar world.", no_args_is_help=True
+)
+app.add_typer(train_app, name="train")
 
 BusOption = Annotated[
     Optional[str],  # noqa: UP045 (typer reads the annotation at run time)
@@ -392,6 +396,65 @@ def bench_renderer(
         )
     )
     typer.echo(report)
+
+
+@train_app.command("prepare")
+def train_prepare(
+    data: Annotated[Path, typer.Option(help="Folder for the training data.")] = Path(".train_data"),
+    preset: Annotated[str, typer.Option(help="Renderer preset to train.")] = "demo",
+) -> None:
+    """Render the synthetic world's clips and speech for training (CPU; needs espeak-ng)."""
+    from flowact.renderer.training.pipeline import prepare_data
+
+    prepare_data(data, preset)
+
+
+@train_app.command("run")
+def train_run(
+    preset: Annotated[str, typer.Option(help="Renderer preset to train.")] = "demo",
+    data: Annotated[Path, typer.Option(help="Folder made by `flowact train prepare`.")] = Path(
+        ".train_data"
+    ),
+    workdir: Annotated[Path, typer.Option(help="Resumable state of the run.")] = Path("out/train"),
+    checkpoint: Annotated[Path, typer.Option(help="Where the checkpoint is exported.")] = Path(
+        "out/checkpoint"
+    ),
+    deadline: Annotated[
+        float, typer.Option(help="Seconds this piece may run; run again to go on.")
+    ] = float("inf"),
+    device: DeviceOption = None,
+) -> None:
+    """VAE, probe, stages 1-3 and evaluation; resumes from `--workdir`."""
+    from flowact.renderer.training.pipeline import PipelineConfig, run_pipeline
+
+    config = PipelineConfig(
+        preset=preset,
+        data=str(data),
+        workdir=str(workdir),
+        checkpoint=str(checkpoint),
+        deadline=deadline,
+        device=device,
+    )
+    typer.echo(json.dumps(run_pipeline(config), indent=1, default=str))
+
+
+@app.command("eval")
+def evaluate(
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint directory.")] = Path(
+        "checkpoints/demo"
+    ),
+    out: Annotated[Path, typer.Option(help="Folder for the table and plots.")] = Path("out/eval"),
+    seconds: Annotated[float, typer.Option(help="Stream length per identity.")] = 300.0,
+    identities: Annotated[int, typer.Option(help="Unseen identities.")] = 4,
+    device: DeviceOption = None,
+) -> None:
+    """Lip-sync, behavior accuracy, identity drift and smoothness of a checkpoint, with plots."""
+    from flowact.renderer.training.evaluate import EvalConfig, run_eval
+
+    config = EvalConfig(seconds=seconds, identities=identities)
+    report = run_eval(checkpoint, out, config, device=device or "cpu")
+    typer.echo(report.table())
+    typer.echo(f"plots and report in {out}")
 
 
 async def _publish(settings: BusSettings, session: str, message) -> str:  # noqa: ANN001
