@@ -165,6 +165,10 @@ def serve_renderer(
     capacity: Annotated[
         Optional[int], typer.Option(help="Sessions rendered at once.")  # noqa: UP045
     ] = None,
+    accel: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="default, baseline, bf16, optimized (one fast session) or sessions."),
+    ] = None,
 ) -> None:
     """Render sessions requested on flowact:sessions until interrupted."""
     from flowact.bus.registry import open_bus
@@ -172,7 +176,7 @@ def serve_renderer(
 
     bus_settings = ctx.obj.bus_settings(bus)
     settings = ctx.obj.renderer_settings(
-        preset=preset, device=device, weights=weights, capacity=capacity
+        preset=preset, device=device, weights=weights, capacity=capacity, accel=accel
     )
 
     async def main(stop: asyncio.Event) -> None:

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from flowact.bus.base import Bus, ConsumerOptions, Entry, Rejected
 from flowact.bus.typed import publish, report_rejected, session_streams, subscribe
+from flowact.renderer.accel import ACCEL_PRESETS, Accelerated, accelerate, warmup
 from flowact.renderer.engine import RendererParts, SessionRenderer
 from flowact.renderer.media import encode_jpeg, load_reference
 from flowact.renderer.profiling import StageTimes, no_profile
@@ -87,6 +88,7 @@ class RendererService:
                 weights=self.settings.weights,
                 text_encoder=self.settings.text_encoder,
             )
+        accelerated = await asyncio.to_thread(self._accelerate)
         log.info(
             "renderer worker ready",
             worker=self.name,
@@ -104,7 +106,22 @@ class RendererService:
             )
             for slot in range(self.settings.capacity)
         ]
-        await asyncio.gather(*slots)
+        try:
+            await asyncio.gather(*slots)
+        finally:
+            if accelerated is not None:
+                accelerated.close()
+
+    def _accelerate(self) -> Accelerated | None:
+        """Apply the configured optimizations and warm them up before taking sessions, so no
+        session's first chunk waits for compilation or graph capture."""
+        config = ACCEL_PRESETS[self.settings.accel]
+        if config is None or self.parts is None:
+            return None
+        accelerated = accelerate(self.parts, config)
+        seconds = warmup(self.parts, max(2, self.settings.refine_every), self.settings.refine_every)
+        log.info("renderer warmed up", accel=self.settings.accel, seconds=round(seconds, 1))
+        return accelerated
 
     async def _take(self, entry: Entry, stop: asyncio.Event) -> None:
         try:

@@ -105,6 +105,11 @@ class RendererSettings(Settings):
         "preset when there is one; random: random weights",
     )
     text_encoder: Literal["auto", "minilm", "hash"] = "auto"
+    accel: Literal["default", "baseline", "bf16", "optimized", "sessions"] = Field(
+        default="default",
+        description="GPU optimizations (renderer/accel.py): optimized = bf16, torch.compile, CUDA "
+        "graphs, FP8, decode stream; sessions = batched forwards of concurrent sessions",
+    )
     worker: str = Field(default="", description="consumer name; empty: host-pid")
     capacity: int = Field(default=1, gt=0, description="sessions this worker renders at once")
     pace: float = Field(default=1.0, ge=0, description="speed vs real time; 0: as fast as it can")

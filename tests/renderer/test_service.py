@@ -6,6 +6,7 @@ import asyncio
 
 import numpy as np
 import pytest
+import torch
 from flowact_testing import collect, segments, speech
 
 from flowact.bus.memory import MemoryBus
@@ -168,3 +169,16 @@ async def test_start_control_restarts_and_keeps_the_clock(parts) -> None:
         assert [c.index for c in video] == list(range(len(video)))  # one clock across restarts
 
     await run_service(bus, parts, body)
+
+
+async def test_an_accelerated_worker_warms_up_and_renders() -> None:
+    bus = MemoryBus()
+    parts = RendererParts.build("tiny", text_encoder="hash")  # accel casts in place: its own
+
+    async def body(service) -> None:
+        await publish(bus, "s6", SessionRequest(session="s6"))
+        video = await collect(bus, "s6", "video", lambda out: len(out) >= 3)
+        assert decode_jpeg(video[2].frames[0]).shape == (32, 32, 3)
+        assert next(parts.vae.parameters()).dtype == torch.bfloat16
+
+    await run_service(bus, parts, body, accel="bf16")
