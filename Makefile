@@ -27,6 +27,7 @@ test: $(STAMP) system
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check $$(git ls-files "*.py")
 
 bench-bus: $(STAMP) system
 	$(BIN)/flowact bench bus

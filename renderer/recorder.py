@@ -106,14 +106,22 @@ class Mp4Recorder:
             log.info("duplicate chunk dropped", index=chunk.index, path=str(self.path))
             return
         elif chunk.index < self._last_index:  # type: ignore[operator]
-            log.warning("chunk index went back (the session restarted); appending",
-                        index=chunk.index, last=self._last_index, path=str(self.path))
+            log.warning(
+                "chunk index went back (the session restarted); appending",
+                index=chunk.index,
+                last=self._last_index,
+                path=str(self.path),
+            )
             self._offset = self._next - chunk.index
         slot = chunk.index + self._offset
         if slot > self._next:
             missing = slot - self._next
-            log.warning("chunks missing; holding the last frame with silence",
-                        first=self._next - self._offset, count=missing, path=str(self.path))
+            log.warning(
+                "chunks missing; holding the last frame with silence",
+                first=self._next - self._offset,
+                count=missing,
+                path=str(self.path),
+            )
             for _ in range(missing):
                 self._write(self._held_frames(), np.zeros(tb.SAMPLES_PER_CHUNK, "<i2"))
                 self._filled += 1
@@ -136,8 +144,13 @@ class Mp4Recorder:
         self._container.close()
         self._container = None
         stats = self.stats
-        log.info("recording written", path=str(self.path), chunks=stats.chunks,
-                 filled=stats.filled, seconds=stats.seconds)
+        log.info(
+            "recording written",
+            path=str(self.path),
+            chunks=stats.chunks,
+            filled=stats.filled,
+            seconds=stats.seconds,
+        )
         return stats
 
     def __enter__(self) -> Mp4Recorder:
@@ -165,8 +178,11 @@ class Mp4Recorder:
 
     def _held_frames(self) -> np.ndarray:
         width, height = self._size
-        frame = self._last_frame if self._last_frame is not None else np.zeros(
-            (height, width, 3), np.uint8)
+        frame = (
+            self._last_frame
+            if self._last_frame is not None
+            else np.zeros((height, width, 3), np.uint8)
+        )
         return np.broadcast_to(frame, (tb.FRAMES_PER_CHUNK, *frame.shape))
 
     def _write(self, frames: np.ndarray, pcm: np.ndarray) -> None:
@@ -209,8 +225,12 @@ async def record_session(
     loop = asyncio.get_running_loop()
     # One thread, so that close() never runs beside an add() that a cancellation left running.
     encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mp4-recorder")
-    bar = tqdm(total=max_chunks, unit="chunk", desc=f"recording {session}",
-               disable=not progress or max_chunks is None)
+    bar = tqdm(
+        total=max_chunks,
+        unit="chunk",
+        desc=f"recording {session}",
+        disable=not progress or max_chunks is None,
+    )
     try:
         while not stop.is_set() and (max_chunks is None or recorder.stats.chunks < max_chunks):
             for entry in await bus.read(stream, after, count=16, block_ms=200):
@@ -218,8 +238,13 @@ async def record_session(
                 try:
                     chunk = codec.decode(entry.fields, stream)
                 except codec.MessageError as err:
-                    log.warning("not a video chunk; skipped", stream=stream, id=entry.id,
-                                field=err.field, reason=err.reason)
+                    log.warning(
+                        "not a video chunk; skipped",
+                        stream=stream,
+                        id=entry.id,
+                        field=err.field,
+                        reason=err.reason,
+                    )
                     continue
                 assert isinstance(chunk, VideoChunk)
                 await loop.run_in_executor(encoder, recorder.add, chunk)

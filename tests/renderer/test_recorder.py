@@ -25,24 +25,33 @@ COLOURS = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (220, 220, 30), (200, 30
 TONES = [300.0, 500.0, 700.0, 900.0, 1100.0]
 
 
-def chunk(index: int, colour: tuple[int, int, int], tone: float | None,
-          size: tuple[int, int] = (32, 24)) -> VideoChunk:
+def chunk(
+    index: int, colour: tuple[int, int, int], tone: float | None, size: tuple[int, int] = (32, 24)
+) -> VideoChunk:
     width, height = size
     frames = np.empty((tb.FRAMES_PER_CHUNK, height, width, 3), np.uint8)
     frames[:] = colour
     t = (tb.chunk_samples(index).start + np.arange(tb.SAMPLES_PER_CHUNK)) / tb.SAMPLE_RATE
     pcm = np.zeros_like(t) if tone is None else 0.4 * np.sin(2 * np.pi * tone * t)
-    return VideoChunk(index=index, first_frame=index * tb.FRAMES_PER_CHUNK, width=width,
-                      height=height, frames=encode_jpeg(frames, 95),
-                      audio=(pcm * 32767).astype("<i2").tobytes())
+    return VideoChunk(
+        index=index,
+        first_frame=index * tb.FRAMES_PER_CHUNK,
+        width=width,
+        height=height,
+        frames=encode_jpeg(frames, 95),
+        audio=(pcm * 32767).astype("<i2").tobytes(),
+    )
 
 
 def decode(path: Path) -> dict:
     with av.open(str(path)) as container:
         video, audio = container.streams.video[0], container.streams.audio[0]
-        info = {"rate": video.average_rate, "audio_rate": audio.rate,
-                "audio_seconds": float(audio.duration * audio.time_base),
-                "size": (video.width, video.height)}
+        info = {
+            "rate": video.average_rate,
+            "audio_rate": audio.rate,
+            "audio_seconds": float(audio.duration * audio.time_base),
+            "size": (video.width, video.height),
+        }
         frames = [(f.time, f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
     with av.open(str(path)) as container:
         chunks = list(container.decode(audio=0))
@@ -132,8 +141,9 @@ async def test_record_session_of_a_tiny_renderer(tmp_path) -> None:
     renderer = asyncio.create_task(service.run(stop))
     path = tmp_path / "session.mp4"
     try:
-        recording = record_session(bus, "rec", path, stop=done, max_chunks=5, after="0",
-                                   progress=False)
+        recording = record_session(
+            bus, "rec", path, stop=done, max_chunks=5, after="0", progress=False
+        )
         stats = await asyncio.wait_for(recording, 60)
     finally:
         await publish(bus, "rec", StopControl())

@@ -22,7 +22,9 @@ def test_resample_keeps_a_tone_and_pieces_join(rate: int) -> None:
     # Cut at odd places, resampled piece by piece on the absolute clock: same length, no gaps.
     cuts = [0, 1_001, 2_222, 7_000, len(tone)]
     stream = pcm.StreamResampler(rate)
-    pieces = [stream.push(tone[a:b]) for a, b in zip(cuts, cuts[1:], strict=False)] + [stream.flush()]
+    pieces = [stream.push(tone[a:b]) for a, b in zip(cuts, cuts[1:], strict=False)] + [
+        stream.flush()
+    ]
     joined = np.concatenate(pieces)
     assert len(joined) == len(whole) and stream.produced == pcm.to_clock(len(tone), rate)
     assert np.allclose(joined, whole, atol=1e-5)

@@ -30,8 +30,9 @@ async def viewer() -> AsyncIterator[Served]:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     stop = asyncio.Event()
-    server = asyncio.create_task(serve_app(build_app(bus, session="s1", block_ms=100),
-                                           stop=stop, sock=sock))
+    server = asyncio.create_task(
+        serve_app(build_app(bus, session="s1", block_ms=100), stop=stop, sock=sock)
+    )
     try:
         yield Served(bus, f"http://127.0.0.1:{port}")
     finally:

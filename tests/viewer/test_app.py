@@ -29,8 +29,16 @@ def chunk(index: int, codec_name: str = "jpeg") -> VideoChunk:
     frames = np.full((tb.FRAMES_PER_CHUNK, 8, 6, 3), index * 10, np.uint8)
     data = encode_jpeg(frames, 90) if codec_name == "jpeg" else [f.tobytes() for f in frames]
     audio = np.arange(tb.SAMPLES_PER_CHUNK, dtype="<i2") * (index + 1)
-    return VideoChunk(index=index, first_frame=index * tb.FRAMES_PER_CHUNK, width=6, height=8,
-                      codec=codec_name, frames=data, audio=audio.tobytes(), state="speaking")
+    return VideoChunk(
+        index=index,
+        first_frame=index * tb.FRAMES_PER_CHUNK,
+        width=6,
+        height=8,
+        codec=codec_name,
+        frames=data,
+        audio=audio.tobytes(),
+        state="speaking",
+    )
 
 
 def test_a_chunk_message_carries_frames_and_audio_unchanged() -> None:
@@ -39,7 +47,10 @@ def test_a_chunk_message_carries_frames_and_audio_unchanged() -> None:
         header, frames, pcm = unpack_chunk(pack_chunk(original))
         assert frames == original.frames and pcm == original.audio
         assert (header["index"], header["first_frame"], header["samples"]) == (
-            3, 3 * tb.FRAMES_PER_CHUNK, tb.SAMPLES_PER_CHUNK)
+            3,
+            3 * tb.FRAMES_PER_CHUNK,
+            tb.SAMPLES_PER_CHUNK,
+        )
         assert (header["width"], header["height"], header["codec"]) == (6, 8, codec_name)
 
 
@@ -58,26 +69,36 @@ async def test_page_and_config(viewer) -> None:
 async def test_typed_text_and_behaviors_are_published(viewer) -> None:
     async with httpx.AsyncClient(base_url=viewer.url) as client:
         said = await client.post("/api/sessions/s7/transcript", json={"text": "hello there"})
-        acted = await client.post("/api/sessions/s7/behavior",
-                                  json={"text": "nods slowly", "channel": "gaze",
-                                        "duration_frames": 25})
-        bad_channel = await client.post("/api/sessions/s7/behavior",
-                                        json={"text": "nods", "channel": "legs"})
+        acted = await client.post(
+            "/api/sessions/s7/behavior",
+            json={"text": "nods slowly", "channel": "gaze", "duration_frames": 25},
+        )
+        bad_channel = await client.post(
+            "/api/sessions/s7/behavior", json={"text": "nods", "channel": "legs"}
+        )
         not_json = await client.post("/api/sessions/s7/transcript", content=b"{")
         bad_session = await client.post("/api/sessions/a:b/transcript", json={"text": "x"})
     assert said.status_code == 200 and acted.status_code == 200
     assert bad_channel.status_code == 422 and bad_channel.json()["field"] == "channel"
     assert not_json.status_code == 400 and bad_session.status_code == 400
 
-    events = [codec.decode(e.fields, e.stream)
-              for e in await viewer.bus.entries(stream_name("s7", "events"))]
-    behaviors = [codec.decode(e.fields, e.stream)
-                 for e in await viewer.bus.entries(stream_name("s7", "behavior"))]
+    events = [
+        codec.decode(e.fields, e.stream)
+        for e in await viewer.bus.entries(stream_name("s7", "events"))
+    ]
+    behaviors = [
+        codec.decode(e.fields, e.stream)
+        for e in await viewer.bus.entries(stream_name("s7", "behavior"))
+    ]
     assert len(events) == 1 and isinstance(events[0], TranscriptEvent)
     assert (events[0].speaker, events[0].text, events[0].final) == ("user", "hello there", True)
     assert len(behaviors) == 1 and isinstance(behaviors[0], BehaviorPrompt)
-    assert (behaviors[0].text, behaviors[0].channel, behaviors[0].duration_frames,
-            behaviors[0].source) == ("nods slowly", "gaze", 25, "viewer")
+    assert (
+        behaviors[0].text,
+        behaviors[0].channel,
+        behaviors[0].duration_frames,
+        behaviors[0].source,
+    ) == ("nods slowly", "gaze", 25, "viewer")
 
 
 async def test_the_socket_forwards_new_chunks_and_events(viewer) -> None:
@@ -94,8 +115,7 @@ async def test_the_socket_forwards_new_chunks_and_events(viewer) -> None:
     chunks = [unpack_chunk(m)[0]["index"] for m in got if isinstance(m, bytes)]
     events = [json.loads(m) for m in got if isinstance(m, str)]
     assert chunks == [1, 2]
-    assert events == [{"schema_version": 1, "type": "state", "actor": "agent",
-                       "state": "thinking"}]
+    assert events == [{"schema_version": 1, "type": "state", "actor": "agent", "state": "thinking"}]
 
 
 async def test_a_bad_session_id_is_refused(viewer) -> None:

@@ -24,8 +24,14 @@ from flowact.schemas.streams import stream_name
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 SYNC_SECONDS = 20.0
 SAMPLE_EVERY_S = 0.2
@@ -69,8 +75,9 @@ async def sample_clocks(page, seconds: float) -> list[tuple[float, float]]:
 async def start_renderer(bus, stop: asyncio.Event) -> asyncio.Task:
     parts = await asyncio.to_thread(RendererParts.build, "tiny", text_encoder="hash")
     settings = RendererSettings(preset="tiny", text_encoder="hash", pace=1.0, worker="w1")
-    service = RendererService(bus, settings, BusSettings(url="memory://", claim_idle_ms=1000),
-                              parts)
+    service = RendererService(
+        bus, settings, BusSettings(url="memory://", claim_idle_ms=1000), parts
+    )
     for seg in segments("talk", speech(SYNC_SECONDS + 10)):
         await publish(bus, SESSION, seg)
     await publish(bus, SESSION, SessionRequest(session=SESSION, preset="tiny"))
@@ -84,13 +91,15 @@ async def test_the_page_plays_in_sync_sends_input_and_recovers(viewer) -> None:
     renderer = await start_renderer(viewer.bus, stop)
     try:
         async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(executable_path=str(CHROMIUM),
-                                                       args=CHROMIUM_ARGS)
+            browser = await playwright.chromium.launch(
+                executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+            )
             try:
                 page = await browser.new_page()
                 await page.goto(f"{viewer.url}/?session={SESSION}")
-                await page.wait_for_function("() => window.flowact?.status === 'playing'",
-                                             timeout=20_000)
+                await page.wait_for_function(
+                    "() => window.flowact?.status === 'playing'", timeout=20_000
+                )
                 await check_sync(page)
                 await check_input(page, viewer.bus)
                 await check_recovery(page, viewer.bus)
@@ -134,7 +143,10 @@ async def check_input(page, bus) -> None:
     (behavior,) = await messages(bus, "behavior")
     assert isinstance(behavior, BehaviorPrompt)
     assert (behavior.text, behavior.channel, behavior.source) == (
-        "waves with the right hand", "gesture", "viewer")
+        "waves with the right hand",
+        "gesture",
+        "viewer",
+    )
     said = [m for m in await messages(bus, "events") if isinstance(m, TranscriptEvent)]
     assert [(m.speaker, m.text) for m in said] == [("user", "Hello avatar, how are you today?")]
     # The event comes back to the page over its socket and shows in the log.
@@ -147,7 +159,8 @@ async def check_recovery(page, bus) -> None:
     runs = await page.evaluate("() => flowact.stats.runs")
     await publish(bus, SESSION, SessionRequest(session=SESSION, preset="tiny"))  # chunks from 0
     await page.wait_for_function(
-        f"() => flowact.status === 'playing' && flowact.stats.runs > {runs}", timeout=15_000)
+        f"() => flowact.status === 'playing' && flowact.stats.runs > {runs}", timeout=15_000
+    )
     pairs = await sample_clocks(page, 2.0)
     assert pairs and max(abs(a - v) for a, v in pairs) < MAX_AV_GAP_S
     assert pairs[-1][1] > pairs[0][1], "frames do not advance after the restart"
