@@ -450,12 +450,20 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="Folder for the table and plots.")] = Path("out/eval"),
     seconds: Annotated[float, typer.Option(help="Stream length per identity.")] = 300.0,
     identities: Annotated[int, typer.Option(help="Unseen identities.")] = 4,
+    speech_bank: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Held-out speech from `flowact train prepare` (default: espeak-ng now)."),
+    ] = None,
     device: DeviceOption = None,
 ) -> None:
     """Lip-sync, behavior accuracy, identity drift and smoothness of a checkpoint, with plots."""
     from flowact.renderer.training.evaluate import EvalConfig, run_eval
 
-    config = EvalConfig(seconds=seconds, identities=identities)
+    config = EvalConfig(
+        seconds=seconds,
+        identities=identities,
+        speech_bank=str(speech_bank) if speech_bank else None,
+    )
     report = run_eval(checkpoint, out, config, device=device or "cpu")
     typer.echo(report.table())
     typer.echo(f"plots and report in {out}")

@@ -82,7 +82,7 @@ class RendererParts:
             model=FlowActMMDiT(config),
             vae=vae,
             audio=audio_mod.LogMelAudioEncoder(audio_config),
-            text=_text_encoder(text_encoder, preset),
+            text=build_text_encoder(text_encoder, preset),
         )
         if weights == "shipped":
             weights = shipped_checkpoint(preset)
@@ -108,7 +108,7 @@ class RendererParts:
         return next(self.model.parameters()).device
 
 
-def _text_encoder(name: str, preset: str) -> HashTextEncoder | MiniLMTextEncoder:
+def build_text_encoder(name: str, preset: str) -> HashTextEncoder | MiniLMTextEncoder:
     if name == "auto":
         name = "hash" if preset == "tiny" else "minilm"
     if name == "hash":

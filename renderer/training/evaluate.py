@@ -55,7 +55,7 @@ class EvalConfig:
     window: int = 2 * FRAMES_PER_CHUNK
     segment_chunks: tuple[int, int] = (6, 10)
     speech_bank: str | None = None  # .npz of held-out espeak speech; None: run espeak-ng
-    text_table: str | None = None  # .pt `[n_prompts, Dt]`; None: a hash encoder
+    text_table: str | None = None  # .pt `[n_prompts, Dt]`; None: the preset's text encoder
     film_seconds: tuple[float, ...] = (0.5, 30.0, 150.0, 299.0)
 
 
@@ -354,7 +354,7 @@ def run_eval(
     if probe is None:
         raise ValueError("the checkpoint has no probe part; pass probe=")
     if text_table is None:
-        text_table = _text_table(cfg)
+        text_table = _text_table(cfg, bundle.config.name)
     streams = make_streams(cfg, eval_bank(cfg))
     readings = generate_and_read(bundle, probe, streams, text_table, cfg)
     report = compute_report(readings, cfg)
@@ -367,9 +367,10 @@ def run_eval(
     return report
 
 
-def _text_table(cfg: EvalConfig) -> Tensor:
+def _text_table(cfg: EvalConfig, preset: str) -> Tensor:
+    """Prompt embeddings from the encoder the preset trains and renders with."""
     if cfg.text_table:
         return torch.load(cfg.text_table, map_location="cpu")
-    from flowact.renderer.text import HashTextEncoder
+    from flowact.renderer.engine import build_text_encoder
 
-    return HashTextEncoder().encode(bh.prompt_table()[0])
+    return build_text_encoder("auto", preset).encode(bh.prompt_table()[0])

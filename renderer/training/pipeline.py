@@ -91,9 +91,9 @@ def prepare_data(out: str | Path, preset: str = "demo", train_sentences: int = 1
     assert not held & set(train), "an evaluation sentence leaked into training"
     speech.save_bank(out / "speech_train.npz", speech.speech_bank(train, seed=1))
     speech.save_bank(out / "speech_eval.npz", speech.speech_bank(list(speech.EVAL_SENTENCES), 2))
-    from flowact.renderer.engine import _text_encoder
+    from flowact.renderer.engine import build_text_encoder
 
-    table = _text_encoder("auto", preset).encode(bh.prompt_table()[0])
+    table = build_text_encoder("auto", preset).encode(bh.prompt_table()[0])
     torch.save(table, out / "text_table.pt")
     log.info("data_prepared", out=str(out), train=len(train), prompts=table.shape[0])
 

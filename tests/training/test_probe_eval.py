@@ -130,7 +130,7 @@ def test_run_eval_writes_a_table_and_reports(tmp_path):
 def test_shipped_checkpoint_starts_from_its_reference():
     """The demo checkpoint's first streamed chunk (DiT, 3 NFE, decoded) reads, through its
     probe, as closer to its own reference than to the other unseen characters'."""
-    from flowact.renderer.engine import _text_encoder
+    from flowact.renderer.engine import build_text_encoder
     from flowact.renderer.training import evaluate as ev
     from flowact.renderer.training import speech
 
@@ -139,7 +139,7 @@ def test_shipped_checkpoint_starts_from_its_reference():
     cfg = EvalConfig(seconds=1.0, identities=4, seed=3, film_seconds=())
     rng = np.random.default_rng(0)
     streams = ev.make_streams(cfg, [speech.syllable_speech(2.0, rng) for _ in range(2)])
-    table = _text_encoder("auto", "demo").encode(bh.prompt_table()[0])
+    table = build_text_encoder("auto", "demo").encode(bh.prompt_table()[0])
     readings = ev.generate_and_read(bundle, bundle.probe, streams, table, cfg)
     first = readings.gen_identity[:, :12].mean(1)  # [4, D] the first chunk
     dist = np.linalg.norm(first[:, None] - readings.ref_identity[None], axis=-1)
