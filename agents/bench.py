@@ -131,6 +131,3 @@ def format_report(report: dict[str, float]) -> str:
     width = max(len(k) for k in report)
     return "\n".join(f"{k:<{width}}  {v:8.2f}" for k, v in report.items())
 
-
-if __name__ == "__main__":
-    print(format_report(asyncio.run(run_agent_bench())))  # noqa: T201 - a benchmark prints

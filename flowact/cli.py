@@ -355,6 +355,16 @@ def scene(
     run_until_signalled(main)
 
 
+@bench_app.command("agent")
+def bench_agent(
+    rounds: Annotated[int, typer.Option(help="Repetitions per measurement.")] = 200,
+) -> None:
+    """Graph-run time, say-to-first-audio, espeak-ng speed, barge-in delay, planner time."""
+    from flowact.agents.bench import format_report, run_agent_bench
+
+    typer.echo(format_report(asyncio.run(run_agent_bench(rounds=rounds))))
+
+
 @bench_app.command("renderer")
 def bench_renderer(
     ctx: typer.Context,
