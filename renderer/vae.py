@@ -150,7 +150,12 @@ class CausalConv3d(nn.Conv3d):
 
     def forward(self, x: Tensor, state: CausalState | None = None) -> Tensor:  # [B, C, T, H, W]
         if self.time_pad == 0:
-            return super().forward(x)
+            # One frame at a time is a 2-D conv: the same numbers, and on CPU a far faster
+            # kernel than the generic 3-D one.
+            b, t = x.shape[0], x.shape[2]
+            frames = x.transpose(1, 2).flatten(0, 1)  # [B*T, C, H, W]
+            y = F.conv2d(frames, self.weight[:, :, 0], self.bias, padding=self.padding[1:])
+            return y.unflatten(0, (b, t)).transpose(1, 2)  # [B, C', T, H, W]
         prev = state.frames.get(self) if state is not None else None
         if prev is None:
             b, c, _, h, w = x.shape
