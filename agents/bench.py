@@ -130,4 +130,3 @@ async def run_agent_bench(rounds: int = 200) -> dict[str, float]:
 def format_report(report: dict[str, float]) -> str:
     width = max(len(k) for k in report)
     return "\n".join(f"{k:<{width}}  {v:8.2f}" for k, v in report.items())
-
