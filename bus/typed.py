@@ -15,7 +15,14 @@ import structlog
 from flowact.bus.base import Bus, ConsumerOptions, Entry, Rejected
 from flowact.schemas import codec
 from flowact.schemas.messages import ErrorEvent, Message
-from flowact.schemas.streams import StreamKind, parse_stream, stream_for, stream_name
+from flowact.schemas.streams import (
+    KIND_OF_TYPE,
+    RETENTION,
+    StreamKind,
+    parse_stream,
+    stream_for,
+    stream_name,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -24,10 +31,16 @@ MessageHandler = Callable[[str, Message], Awaitable[None]]
 
 
 async def publish(bus: Bus, session: str, message: Message, *, maxlen: int | None = None) -> str:
-    """Publish on the stream of the message's type; `producer_id` makes a retry a no-op."""
+    """Publish on the stream of the message's type; `producer_id` makes a retry a no-op.
+
+    The stream is trimmed to about `maxlen` entries (default: its kind's `RETENTION`)."""
+    kind = KIND_OF_TYPE[message.type]  # type: ignore[attr-defined]
     stream = stream_for(session, message.type)  # type: ignore[attr-defined]
     return await bus.publish(
-        stream, codec.encode(message), dedupe=message.producer_id, maxlen=maxlen
+        stream,
+        codec.encode(message),
+        dedupe=message.producer_id,
+        maxlen=maxlen if maxlen is not None else RETENTION[kind],
     )
 
 

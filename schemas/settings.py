@@ -17,6 +17,8 @@ from pydantic import Field
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from flowact.schemas.streams import RETENTION
+
 CONFIG_ENV = "FLOWACT_CONFIG"
 _config_file: ContextVar[Path | None] = ContextVar("flowact_config_file", default=None)
 
@@ -89,8 +91,12 @@ class BusSettings(Settings):
     block_ms: int = Field(default=1000, gt=0, description="XREADGROUP BLOCK time")
     max_deliveries: int = Field(default=5, gt=0, description="deliveries before dead-lettering")
     claim_idle_ms: int = Field(default=30_000, gt=0, description="idle time before reclaiming")
-    video_maxlen: int = Field(default=512, gt=0, description="video entries kept per session")
-    events_maxlen: int = Field(default=10_000, gt=0, description="events kept per session")
+    video_maxlen: int = Field(
+        default=RETENTION["video"], gt=0, description="video entries kept per session"
+    )
+    events_maxlen: int = Field(
+        default=RETENTION["events"], gt=0, description="events kept per session"
+    )
 
 
 class RendererSettings(Settings):

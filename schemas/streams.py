@@ -21,6 +21,17 @@ ACCEPTS: dict[str, frozenset[str]] = {
     "events": frozenset({"state", "utterance", "error", "transcript"}),
     "sessions": frozenset({"session"}),
 }
+# Entries a stream keeps (trimmed approximately on publish), so that no stream grows with the
+# length of a session. At 4 audio entries a second, 10,000 is some 40 minutes of backlog.
+RETENTION: dict[str, int] = {
+    "audio": 10_000,
+    "behavior": 10_000,
+    "control": 1_000,
+    "video": 512,
+    "events": 10_000,
+    "sessions": 10_000,
+}
+
 # The stream kind each message type travels on.
 KIND_OF_TYPE: dict[str, str] = {t: kind for kind, types in ACCEPTS.items() for t in types}
 DEFAULT_TYPE: dict[str, str] = {
