@@ -42,6 +42,11 @@ VAE_PRESET = {"tiny": "tiny", "demo": "small", "paper-480p": "full"}
 AUDIO_PRESET = {"tiny": "tiny", "demo": "small", "paper-480p": "small"}
 
 
+def audio_encoder_for(config: RendererConfig, preset: str) -> audio_mod.LogMelAudioEncoder:
+    """The audio encoder of layout `preset` paired with `config` (its width set to the DiT's)."""
+    return audio_mod.LogMelAudioEncoder(replace(audio_mod.PRESETS[preset], dim=config.audio_dim))
+
+
 @dataclass
 class RendererParts:
     """The networks of one preset, in eval mode on one device."""
@@ -76,12 +81,11 @@ class RendererParts:
         vae = vae_mod.build_vae(VAE_PRESET[preset])
         if vae.config.latent_channels != config.latent_channels:
             raise ValueError(f"VAE {VAE_PRESET[preset]} does not match preset {preset}")
-        audio_config = replace(audio_mod.PRESETS[AUDIO_PRESET[preset]], dim=config.audio_dim)
         parts = cls(
             config=config,
             model=FlowActMMDiT(config),
             vae=vae,
-            audio=audio_mod.LogMelAudioEncoder(audio_config),
+            audio=audio_encoder_for(config, AUDIO_PRESET[preset]),
             text=build_text_encoder(text_encoder, preset),
         )
         if weights == "shipped":

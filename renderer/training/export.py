@@ -9,7 +9,7 @@ modules' dtype on load, so the renderer loads it like any other checkpoint.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,11 +100,6 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
         module.to(device).eval()
     sampling = read_sampling(directory)
     return Bundle(config, model, vae, audio, probe, sampling)
-
-
-def audio_encoder_for(config: RendererConfig, preset: str) -> audio_mod.LogMelAudioEncoder:
-    """The audio encoder the renderer pairs with `config` (its width set to the DiT's)."""
-    return audio_mod.LogMelAudioEncoder(replace(audio_mod.PRESETS[preset], dim=config.audio_dim))
 
 
 def checkpoint_bytes(directory: str | Path) -> int:

@@ -25,30 +25,21 @@ import numpy as np
 import structlog
 import torch
 
+from flowact.renderer.engine import AUDIO_PRESET, VAE_PRESET, audio_encoder_for
 from flowact.renderer.model import FlowActMMDiT, count_parameters
-from flowact.renderer.presets import RendererConfig, get_preset
+from flowact.renderer.presets import get_preset
 from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import data as data_mod
 from flowact.renderer.training import speech, world
 from flowact.renderer.training.common import EMA, pick_device
 from flowact.renderer.training.distill import DistillConfig, train_distill
 from flowact.renderer.training.evaluate import EvalConfig, run_eval
-from flowact.renderer.training.export import Bundle, audio_encoder_for, export_checkpoint
+from flowact.renderer.training.export import Bundle, export_checkpoint
 from flowact.renderer.training.probe import PoseProbe, ProbeConfig, ProbeTrainConfig, train_probe
 from flowact.renderer.training.train import DiffusionConfig, train_diffusion
 from flowact.renderer.training.vae_train import VAETrainConfig, train_vae
 
 log = structlog.get_logger(__name__)
-
-VAE_PRESET = {"tiny": "tiny", "demo": "small", "paper-480p": "full"}
-AUDIO_PRESET = {"tiny": "tiny", "demo": "small", "paper-480p": "small"}
-# The demo preset's 23.5M-parameter DiT does not fit the 48 MiB checkpoint even in bfloat16
-# next to the VAE; the shipped demo model uses a 3x (not 4x) feed-forward.
-DIT_OVERRIDES: dict[str, dict] = {"demo": {"ffn_dim": 1152}}
-
-
-def dit_config(preset: str) -> RendererConfig:
-    return replace(get_preset(preset), **DIT_OVERRIDES.get(preset, {}))
 
 
 @dataclass(frozen=True)
@@ -155,7 +146,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     save_summary()
 
     # stage 1 and 2
-    config = dit_config(cfg.preset)
+    config = get_preset(cfg.preset)
     torch.manual_seed(cfg.seed)
     model = FlowActMMDiT(config).to(device)
     model.set_attention_backend("split")

@@ -74,8 +74,8 @@ def test_probe_reads_held_out_renders(trained_probe):
 
 
 def _tiny_bundle(probe) -> Bundle:
+    from flowact.renderer.engine import audio_encoder_for
     from flowact.renderer.presets import get_preset
-    from flowact.renderer.training.export import audio_encoder_for
     from flowact.renderer.vae import build_vae
 
     torch.manual_seed(0)
