@@ -40,7 +40,6 @@ class DemoResult:
     path: Path
     sheet: Path | None
     recording: RecordingStats
-    replies: int
     first_chunk_s: float | None
     errors: list[str] = field(default_factory=list)
 
@@ -87,7 +86,7 @@ async def run_demo(
         await asyncio.gather(*tasks, return_exceptions=True)
         stats = await recording
     sheet = write_contact_sheet(out) if stats.chunks else None
-    return DemoResult(out, sheet, stats, len(lines), first_chunk_s, errors)
+    return DemoResult(out, sheet, stats, first_chunk_s, errors)
 
 
 def default_reference(preset: str) -> Path | None:
