@@ -189,7 +189,6 @@ class SessionRunner:
         self.bus = bus
         self.session = request.session
         self._stage = profiler.stage if profiler is not None else no_profile
-        self.request = request
         self.parts = parts
         self.settings = settings
         self.bus_settings = bus_settings
