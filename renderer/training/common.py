@@ -80,37 +80,56 @@ class StageState:
 
 def run_steps(
     state: StageState,
-    step_fn: Callable[[int], float],
+    step_fn: Callable[[int], float | torch.Tensor],
     steps: int,
     path: Path | None,
     seconds: float = math.inf,
     save_every: int = 500,
     desc: str = "train",
     progress: bool = True,
+    sync_every: int = 20,
 ) -> StageState:
     """Call `step_fn(step)` from `state.step` up to `steps`, within `seconds` of wall time
     (checked before every step, so a spent budget runs nothing); saves to `path` every
-    `save_every` steps and at the end when any step ran."""
+    `save_every` steps and at the end when any step ran.
+
+    `step_fn` may return its loss as a tensor: losses are read back to the host every
+    `sync_every` steps, so a GPU step never waits for the one before it to finish.
+    """
     start = last = time.monotonic()
     first = state.step
+    pending: list[float | torch.Tensor] = []
+
+    def flush() -> None:
+        if pending:
+            values = torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in pending])
+            state.losses.extend(values.cpu().tolist())
+            pending.clear()
+
     bar = tqdm(total=steps, initial=state.step, desc=desc, disable=not progress)
     while state.step < steps and time.monotonic() - start < seconds:
-        loss = step_fn(state.step)
+        pending.append(_detached(step_fn(state.step)))
         state.step += 1
-        state.losses.append(loss)
         bar.update(1)
-        if state.step % 20 == 0:
-            bar.set_postfix(loss=f"{mean_of(state.losses, 20):.4f}")
+        if state.step % sync_every == 0:
+            flush()
+            bar.set_postfix(loss=f"{mean_of(state.losses, sync_every):.4f}")
         now = time.monotonic()
         state.seconds += now - last
         last = now
         if path is not None and state.step % save_every == 0:
+            flush()
             state.save(path)
+    flush()
     bar.close()
     if path is not None and state.step > first:
         state.save(path)
     log.info("stage_piece_done", desc=desc, step=state.step, seconds=round(state.seconds, 1))
     return state
+
+
+def _detached(loss: float | torch.Tensor) -> float | torch.Tensor:
+    return loss.detach().float() if isinstance(loss, torch.Tensor) else float(loss)
 
 
 def progress_of(state: StageState, steps: int, seconds: float) -> float:

@@ -178,7 +178,7 @@ def train_distill(
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         opt.step()
         ema.update(student, i)
-        return loss.item()
+        return loss.detach()
 
     budget = min(piece_seconds, cfg.seconds - state.seconds)
     run_steps(state, step, cfg.steps, path, budget, cfg.save_every, cfg.name, progress)

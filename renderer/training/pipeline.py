@@ -31,10 +31,10 @@ from flowact.renderer.presets import get_preset
 from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import data as data_mod
 from flowact.renderer.training import speech, world
-from flowact.renderer.training.common import EMA, pick_device
+from flowact.renderer.training.common import EMA, StageState, pick_device
 from flowact.renderer.training.distill import DistillConfig, train_distill
 from flowact.renderer.training.evaluate import EvalConfig, run_eval
-from flowact.renderer.training.export import Bundle, export_checkpoint
+from flowact.renderer.training.export import Bundle, export_checkpoint, load_checkpoint
 from flowact.renderer.training.probe import PoseProbe, ProbeConfig, ProbeTrainConfig, train_probe
 from flowact.renderer.training.train import DiffusionConfig, train_diffusion
 from flowact.renderer.training.vae_train import VAETrainConfig, train_vae
@@ -51,26 +51,32 @@ class PipelineConfig:
     deadline: float = math.inf  # seconds this piece may run
     seed: int = 0
     # wall-clock budgets per stage (seconds)
-    vae_seconds: float = 100.0
-    probe_seconds: float = 50.0
-    stage1_seconds: float = 40.0
-    stage2_seconds: float = 180.0
-    stage3_seconds: float = 75.0
+    vae_seconds: float = 240.0
+    probe_seconds: float = 90.0
+    stage1_seconds: float = 150.0
+    stage2_seconds: float = 480.0
+    stage3_seconds: float = 180.0  # 0 = no distillation: evaluate the teacher only
     # sizes
-    vae_batch: int = 12
+    vae_batch: int = 16
     probe_batch: int = 128
     probe_width: int = 24
-    latent_clips: int = 512
+    latent_clips: int = 768
     clip_chunks: int = 20
-    batch: int = 48
-    distill_batch: int = 24
+    batch: int = 64
+    distill_batch: int = 32
     teacher_micro_steps: int = 4
     guidance: float = 2.0
+    # the curriculum's choices, flags so that ablations are runs of the same pipeline
+    staggered_prob: float = 0.7  # 0 = plain diffusion forcing (independent chunk levels)
+    gen_memory_prob: float = 0.25  # 0 = no generated-GT latents in the memory slots
     refine_every: int = 8
-    eval_seconds: float = 300.0
+    eval_seconds: float = 600.0
     eval_identities: int = 4
-    teacher_eval_seconds: float = 30.0
+    teacher_eval_seconds: float = 120.0
     device: str | None = None
+    # an exported checkpoint whose VAE and probe a new workdir starts from (ablations share the
+    # latent space and the instrument of the run they are compared with); empty = train them
+    init_from: str = ""
 
 
 def prepare_data(out: str | Path, preset: str = "demo", train_sentences: int = 160) -> None:
@@ -103,6 +109,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     bank = speech.load_bank(data_dir / "speech_train.npz")
     table = torch.load(data_dir / "text_table.pt", map_location="cpu").to(device)
     size = (get_preset(cfg.preset).height, get_preset(cfg.preset).width)
+    if cfg.init_from:
+        _seed_from_checkpoint(work, Path(cfg.init_from), cfg.vae_seconds)
 
     def left() -> float:
         return max(0.0, cfg.deadline - (time.monotonic() - start))
@@ -160,6 +168,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         steps=100_000,
         seconds=cfg.stage1_seconds,
         seed=cfg.seed,
+        staggered_prob=cfg.staggered_prob,
+        gen_memory_prob=cfg.gen_memory_prob,
     )
     st1 = train_diffusion(s1, model, encoder, latents, table, work, ema, piece_seconds=left())
     summary["stage1"] = _stage_summary(st1)
@@ -169,15 +179,20 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     summary["stage2"] = _stage_summary(st2)
     save_summary()
 
-    # stage 3
+    # stage 3; without it (an ablation of stages 1-2) only the teacher is evaluated
     teacher = ema.model
     teacher.set_attention_backend("split")
+    if cfg.stage3_seconds <= 0:
+        summary["eval"] = _evaluate(cfg, None, teacher, vae, encoder, probe, table, work, data_dir)
+        save_summary()
+        return summary
     d = DistillConfig(
         batch=cfg.distill_batch,
         steps=100_000,
         seconds=cfg.stage3_seconds,
         teacher_micro_steps=cfg.teacher_micro_steps,
         default_guidance=cfg.guidance,
+        gen_memory_prob=cfg.gen_memory_prob,
     )
     student, student_ema, st3 = train_distill(
         d, teacher, encoder, latents, table, work, piece_seconds=left()
@@ -200,6 +215,21 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         summary["eval"] = _evaluate(cfg, final, teacher, vae, encoder, probe, table, work, data_dir)
     save_summary()
     return summary
+
+
+def _seed_from_checkpoint(work: Path, checkpoint: Path, vae_seconds: float) -> None:
+    """Write `checkpoint`'s VAE (as a finished VAE stage) and probe into a fresh `work`."""
+    vae_path, probe_path = work / "vae" / "state.pt", work / "probe.pt"
+    if vae_path.is_file():
+        return
+    bundle = load_checkpoint(checkpoint)
+    if bundle.probe is None:
+        raise ValueError(f"{checkpoint} holds no probe to start from")
+    # the exported weights are bf16; stored back in fp32 as a trained stage would hold them
+    vae = bundle.vae.float()
+    StageState({"vae": vae}, step=1, seconds=vae_seconds).save(vae_path)
+    torch.save(bundle.probe.float().state_dict(), probe_path)
+    log.info("workdir_seeded", checkpoint=str(checkpoint), workdir=str(work))
 
 
 def _train_probe(cfg, work, device, vae, size, seconds, summary) -> PoseProbe:
@@ -259,38 +289,32 @@ def _stage_summary(state) -> dict:
 
 
 def _evaluate(cfg, student, teacher, vae, encoder, probe, table, work, data_dir) -> dict:
-    config = student.config
+    """The distilled student with and without memory refinement, and the teacher; `student`
+    None evaluates the teacher alone."""
     results = {}
     base = EvalConfig(
         seconds=cfg.eval_seconds,
         identities=cfg.eval_identities,
         speech_bank=str(data_dir / "speech_eval.npz"),
     )
-    runs = {
-        "distilled_3nfe_refine": (
-            student,
-            replace(base, refine_every=cfg.refine_every),
-            {"guidance": cfg.guidance},
-        ),
-        "distilled_3nfe_no_refine": (
-            student,
-            replace(base, refine_every=0),
-            {"guidance": cfg.guidance},
-        ),
-        "teacher_12nfe_no_cfg": (
-            teacher,
-            replace(
-                base,
-                seconds=cfg.teacher_eval_seconds,
-                micro_steps=cfg.teacher_micro_steps,
-                refine_every=0,
-            ),
-            {},
-        ),
-    }
+    teacher_cfg = replace(
+        base,
+        seconds=cfg.teacher_eval_seconds,
+        micro_steps=cfg.teacher_micro_steps,
+        refine_every=0,
+    )
+    runs = {"teacher_12nfe_no_cfg": (teacher, teacher_cfg, {})}
+    if student is not None:
+        guided = {"guidance": cfg.guidance}
+        refined = replace(base, refine_every=cfg.refine_every)
+        runs = {
+            "distilled_3nfe_refine": (student, refined, guided),
+            "distilled_3nfe_no_refine": (student, replace(base, refine_every=0), guided),
+            **runs,
+        }
     for name, (model, ecfg, sampling) in runs.items():
         t0 = time.monotonic()
-        bundle = Bundle(config, model, vae, encoder, probe, {"shift": 3.0, **sampling})
+        bundle = Bundle(model.config, model, vae, encoder, probe, {"shift": 3.0, **sampling})
         report = run_eval(bundle, work / "eval" / name, ecfg, probe, text_table=table)
         results[name] = {
             "overall": report.overall,
@@ -309,7 +333,7 @@ def main() -> None:
     run = sub.add_parser("run")
     for name, value in asdict(PipelineConfig()).items():
         kind = type(value) if value is not None and not isinstance(value, float) else float
-        if name in ("preset", "data", "workdir", "checkpoint", "device"):
+        if name in ("preset", "data", "workdir", "checkpoint", "device", "init_from"):
             kind = str
         run.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value)
     args = parser.parse_args()

@@ -237,7 +237,7 @@ def train_diffusion(
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
         opt.step()
         ema.update(model, i)
-        return loss.item()
+        return loss.detach()
 
     budget = min(piece_seconds, cfg.seconds - state.seconds)
     run_steps(state, step, cfg.steps, path, budget, cfg.save_every, cfg.name, progress)

@@ -85,7 +85,7 @@ def train_vae(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
-        return loss.item()
+        return loss.detach()
 
     vae.train()
     first = state.step
