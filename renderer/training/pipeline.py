@@ -54,7 +54,7 @@ class PipelineConfig:
     vae_seconds: float = 240.0
     probe_seconds: float = 90.0
     stage1_seconds: float = 150.0
-    stage2_seconds: float = 480.0
+    stage2_seconds: float = 450.0
     stage3_seconds: float = 180.0  # 0 = no distillation: evaluate the teacher only
     # sizes
     vae_batch: int = 16
