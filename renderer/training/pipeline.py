@@ -133,7 +133,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     summary["vae"] = {
         "steps": vae_state.step,
         "seconds": vae_state.seconds,
-        "loss": float(np.mean(vae_state.losses[-50:])),
+        "loss": float(np.mean(vae_state.losses[-50:])) if vae_state.losses else None,
     }
 
     # probe: half of each batch through the VAE, so it reads decoded frames too

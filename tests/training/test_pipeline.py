@@ -1,0 +1,88 @@
+"""The whole curriculum on the tiny preset, and an ablation run that starts from its checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from flowact.renderer.text import HashTextEncoder
+from flowact.renderer.training import behaviors as bh
+from flowact.renderer.training import speech
+from flowact.renderer.training.export import load_checkpoint
+from flowact.renderer.training.pipeline import PipelineConfig, run_pipeline
+
+TINY_BUDGETS = dict(
+    preset="tiny",
+    device="cpu",
+    vae_seconds=1.0,
+    probe_seconds=1.0,
+    stage1_seconds=1.0,
+    stage2_seconds=1.0,
+    stage3_seconds=1.0,
+    vae_batch=2,
+    probe_batch=8,
+    latent_clips=4,
+    clip_chunks=8,
+    batch=4,
+    distill_batch=2,
+    teacher_micro_steps=2,
+    eval_seconds=3.0,
+    teacher_eval_seconds=3.0,
+    eval_identities=1,
+)
+
+
+def _data(tmp_path):
+    """Speech banks of synthetic babble and a hashed prompt table (no espeak-ng, no MiniLM)."""
+    rng = np.random.default_rng(0)
+    bank = [speech.syllable_speech(2.0, rng) for _ in range(4)]
+    out = tmp_path / "data"
+    out.mkdir()
+    speech.save_bank(out / "speech_train.npz", bank)
+    speech.save_bank(out / "speech_eval.npz", bank[:2])
+    torch.save(HashTextEncoder().encode(bh.prompt_table()[0]), out / "text_table.pt")
+    return out
+
+
+def test_pipeline_and_an_ablation_that_shares_its_vae_and_probe(tmp_path):
+    data = _data(tmp_path)
+    main = PipelineConfig(
+        data=str(data),
+        workdir=str(tmp_path / "main"),
+        checkpoint=str(tmp_path / "ckpt"),
+        **TINY_BUDGETS,
+    )
+    summary = run_pipeline(main)
+    assert summary["stage3"]["steps"] > 0
+    assert set(summary["eval"]) == {
+        "distilled_3nfe_refine",
+        "distilled_3nfe_no_refine",
+        "teacher_12nfe_no_cfg",
+    }
+    shipped = load_checkpoint(tmp_path / "ckpt")
+
+    ablation = PipelineConfig(
+        data=str(data),
+        workdir=str(tmp_path / "abl"),
+        checkpoint=str(tmp_path / "abl_ckpt"),
+        init_from=str(tmp_path / "ckpt"),
+        gen_memory_prob=0.0,
+        staggered_prob=0.0,
+        **{**TINY_BUDGETS, "stage3_seconds": 0.0},
+    )
+    result = run_pipeline(ablation)
+    assert "vae" in result and "stage3" not in result
+    assert set(result["eval"]) == {"teacher_12nfe_no_cfg"}
+    assert not (tmp_path / "abl_ckpt").exists()  # nothing distilled, nothing exported
+    assert result["stage2"]["steps"] > 0
+    # the ablation trained no VAE or probe of its own: it kept the checkpoint's
+    vae = torch.load(tmp_path / "abl" / "vae" / "state.pt", weights_only=False)["modules"]["vae"]
+    for name, value in shipped.vae.state_dict().items():
+        assert torch.equal(vae[name], value.float()), name
+    probe = torch.load(tmp_path / "abl" / "probe.pt")
+    for name, value in shipped.probe.state_dict().items():
+        assert torch.equal(probe[name], value.float()), name
+    saved = json.loads((tmp_path / "abl" / "summary.json").read_text())
+    assert saved["config"]["gen_memory_prob"] == 0.0
