@@ -515,3 +515,29 @@ def build_vae(preset: str | VAEConfig) -> CausalVideoVAE:
 
 def param_count(module: nn.Module) -> int:
     return sum(math.prod(p.shape) for p in module.parameters())
+
+
+@torch.no_grad()
+def temporal_reach(config: VAEConfig, threshold: float = 0.01, seed: int = 0) -> int:
+    """Frames over which one input frame still moves the reconstruction (encode, then decode)
+    by at least `threshold` of its largest effect; measured on a freshly initialised network
+    of this config on small frames, so it is a property of the architecture.
+
+    Causal convs look back over this many frames. A VAE trained only on shorter clips never
+    sees its own steady state (every frame it trains on still sees the clip's zero padding),
+    and its reconstructions drift once a stream outgrows its training clips.
+    """
+    torch.manual_seed(seed)
+    vae = CausalVideoVAE(config).eval()
+    size = 2 * config.spatial_factor
+    frames = 1 + FRAMES_PER_LATENT * 16
+    while True:
+        clip = torch.zeros(1, frames, config.image_channels, size, size)
+        poked = clip.clone()
+        poked[:, 1] = 1.0  # frame 1: the first frame of the first 4-frame latent
+        change = (vae.decode(vae.encode(poked)) - vae.decode(vae.encode(clip))).abs()
+        effect = change.amax((0, 2, 3, 4))  # [T]
+        reach = int((effect >= threshold * effect.max()).nonzero().max()) - 1
+        if reach < frames - 1 - 4 * FRAMES_PER_LATENT:  # ended well inside the clip
+            return reach
+        frames = 1 + 2 * (frames - 1)

@@ -57,7 +57,7 @@ class PipelineConfig:
     stage2_seconds: float = 450.0
     stage3_seconds: float = 180.0  # 0 = no distillation: evaluate the teacher only
     # sizes
-    vae_batch: int = 16
+    vae_batch: int = 2  # clips of the VAE's reach: 133 frames each for `small`
     probe_batch: int = 128
     probe_width: int = 24
     latent_clips: int = 768

@@ -1,7 +1,11 @@
 """VAE stage: reconstruction + a small KL on world clips, then the latent statistics.
 
 Clips are `1 + 4n` frames (a neutral reference frame, then behavior- and speech-driven frames),
-the layout the renderer decodes. Loss: L1 + MSE of the reconstruction (through a sampled
+the layout the renderer decodes, and by default long enough to outlast the VAE's temporal reach
+(`vae.temporal_reach`): causal convs look back ~120 frames, and a VAE trained on shorter clips
+only ever sees frames near a clip's start, so its reconstructions decay as a stream goes on (the
+first shipped VAE, trained on 13-frame clips, fell from 20 to 12 dB PSNR over the first 2 s).
+Loss: L1 + MSE of the reconstruction (through a sampled
 latent) + `kl_weight` x the KL per latent element. When training ends, `set_latent_stats`
 normalises the latents to zero mean and unit variance per channel, what the DiT expects.
 """
@@ -35,7 +39,7 @@ log = structlog.get_logger(__name__)
 class VAETrainConfig:
     preset: str = "small"  # renderer.vae PRESETS
     size: tuple[int, int] = (128, 128)
-    chunks: int = 1  # a clip is 1 + 12 * chunks frames
+    chunks: int | None = None  # a clip is 1 + 12 * chunks frames; None: the VAE's reach
     steps: int = 4000
     batch: int = 8
     lr: float = 4e-4
@@ -72,7 +76,8 @@ def train_vae(
     if path is not None:
         state.load(path)
     rng = np.random.default_rng(cfg.seed + state.step)
-    clip_cfg = world.ClipConfig(chunks=cfg.chunks, size=cfg.size)
+    clip_cfg = world.ClipConfig(chunks=training_chunks(cfg), size=cfg.size)
+    log.info("vae_clips", frames=clip_frames(clip_cfg.chunks), batch=cfg.batch)
 
     def step(i: int) -> float:
         lr = cosine_lr(cfg.lr, i, progress_of(state, cfg.steps, cfg.seconds), 200)
@@ -108,7 +113,7 @@ def set_stats(
     device: torch.device,
 ) -> None:
     """Per-channel mean / std of the posterior means over fresh clips -> latent stats."""
-    clip_cfg = world.ClipConfig(chunks=max(cfg.chunks, 2), size=cfg.size)
+    clip_cfg = world.ClipConfig(chunks=training_chunks(cfg), size=cfg.size)
     means = []
     for _ in range(max(1, cfg.stats_clips // cfg.batch)):
         clips = world.make_clips(cfg.batch, clip_cfg, rng, bank, device)
@@ -125,6 +130,15 @@ def reconstruction_psnr(vae: vae_mod.CausalVideoVAE, frames: torch.Tensor) -> fl
     recon = vae.decode(vae.encode(frames))
     mse = F.mse_loss(recon.float(), frames.float()).item()
     return 10 * math.log10(4.0 / max(mse, 1e-12))
+
+
+def training_chunks(cfg: VAETrainConfig) -> int:
+    """Chunks per training clip: `cfg.chunks`, or enough that the clip outlasts the VAE's
+    temporal reach, so that training sees the steady state a long stream decodes in."""
+    if cfg.chunks is not None:
+        return cfg.chunks
+    reach = vae_mod.temporal_reach(vae_mod.PRESETS[cfg.preset])
+    return math.ceil((reach + 1) / FRAMES_PER_CHUNK)
 
 
 def clip_frames(chunks: int) -> int:

@@ -13,6 +13,7 @@ from flowact.renderer.vae import (
     kl_divergence,
     latents_for_frames,
     param_count,
+    temporal_reach,
 )
 from flowact.schemas.timebase import FRAMES_PER_CHUNK, FRAMES_PER_LATENT, LATENTS_PER_CHUNK
 
@@ -177,3 +178,14 @@ def test_presets_sizes() -> None:
     assert 80e6 < param_count(full) < 200e6
     latents = torch.empty(1, 1 + LATENTS_PER_CHUNK, 16, 60, 104, device="meta")
     assert full.decode(latents).shape == (1, 1 + FRAMES_PER_CHUNK, 3, 480, 832)
+
+
+def test_temporal_reach_follows_the_temporal_convs():
+    tiny = PRESETS["tiny"]
+    spatial_only = dataclasses.replace(tiny, temporal_kernels=(1, 1, 1, 1))
+    deeper = dataclasses.replace(tiny, num_res_blocks=2)
+    # without temporal convs a frame only reaches the frames of its own latent
+    assert temporal_reach(spatial_only) < FRAMES_PER_LATENT
+    # stacked causal convs look back far past a 13-frame clip, and further with more of them
+    assert temporal_reach(tiny) > 1 + FRAMES_PER_CHUNK
+    assert temporal_reach(deeper) > temporal_reach(tiny)

@@ -14,7 +14,14 @@ from flowact.renderer.training import data, world
 from flowact.renderer.training.common import StageState
 from flowact.renderer.training.distill import DistillConfig, distill_loss, train_distill
 from flowact.renderer.training.train import DiffusionConfig, diffusion_loss, train_diffusion
-from flowact.renderer.training.vae_train import VAETrainConfig, train_vae, vae_loss
+from flowact.renderer.training.vae_train import (
+    VAETrainConfig,
+    clip_frames,
+    train_vae,
+    training_chunks,
+    vae_loss,
+)
+from flowact.renderer.vae import PRESETS, temporal_reach
 
 
 def _fit(params, loss_fn, steps: int, lr: float) -> list[float]:
@@ -45,6 +52,12 @@ def test_vae_stage_resumes_and_sets_latent_stats(tmp_path):
     assert not torch.equal(vae.latent_std, torch.ones_like(vae.latent_std))
     vae2, state2 = train_vae(replace(cfg, steps=3), tmp_path, torch.device("cpu"), progress=False)
     assert state2.step == 3 and len(state2.losses) == 3
+
+
+def test_vae_trains_on_clips_longer_than_its_reach():
+    cfg = VAETrainConfig(preset="tiny")
+    assert clip_frames(training_chunks(cfg)) > temporal_reach(PRESETS["tiny"])
+    assert training_chunks(replace(cfg, chunks=2)) == 2
 
 
 def test_buffer_layout_matches_the_stream_buffer(tiny_latents, tiny_config, text_table):
