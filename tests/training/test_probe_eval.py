@@ -123,7 +123,12 @@ def test_run_eval_writes_a_table_and_reports(tmp_path):
     }
     assert len(report.bins["identity_drift"]["generated"]) >= 2
     assert report.overall["identity_drift"]["generated"] > 0
-    assert (tmp_path / "eval" / "report.md").read_text().startswith("| metric |")
+    table = (tmp_path / "eval" / "report.md").read_text()
+    assert table.startswith("| metric |") and "through the VAE (20 s)" in table
+    # the stream is 3 s, shorter than vae_seconds: one PSNR per second of it
+    psnr = report.vae["psnr_by_second"]
+    assert len(psnr) == 3 and all(np.isfinite(psnr)) and "VAE reconstruction PSNR" in table
+    assert -1 <= report.vae["lipsync"] <= 1 and report.vae["identity_drift"] > 0
 
 
 @pytest.mark.skipif(not (DEMO / "index.json").is_file(), reason="no shipped demo checkpoint")
