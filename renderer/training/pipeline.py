@@ -57,6 +57,7 @@ class PipelineConfig:
     stage2_seconds: float = 450.0
     stage3_seconds: float = 180.0  # 0 = no distillation: evaluate the teacher only
     # sizes
+    vae_chunks: int = 0  # chunks per VAE training clip; 0 = enough to outlast the VAE's reach
     vae_batch: int = 2  # clips of the VAE's reach: 133 frames each for `small`
     probe_batch: int = 128
     probe_width: int = 24
@@ -123,6 +124,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     vae_cfg = VAETrainConfig(
         VAE_PRESET[cfg.preset],
         size,
+        chunks=cfg.vae_chunks or None,
         batch=cfg.vae_batch,
         steps=100_000,
         seconds=cfg.vae_seconds,
