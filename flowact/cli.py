@@ -460,6 +460,9 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="Folder for the table and plots.")] = Path("out/eval"),
     seconds: Annotated[float, typer.Option(help="Stream length per identity.")] = 300.0,
     identities: Annotated[int, typer.Option(help="Unseen identities.")] = 4,
+    vae_seconds: Annotated[
+        float, typer.Option(help="Ground truth through the VAE for this long (0: skip).")
+    ] = 20.0,
     speech_bank: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(help="Held-out speech from `flowact train prepare` (default: espeak-ng now)."),
@@ -472,6 +475,7 @@ def evaluate(
     config = EvalConfig(
         seconds=seconds,
         identities=identities,
+        vae_seconds=vae_seconds,
         speech_bank=str(speech_bank) if speech_bank else None,
     )
     report = run_eval(checkpoint, out, config, device=device or "cpu")
