@@ -374,6 +374,17 @@ def write_plots(report: EvalReport, readings: StreamReadings, out_dir: Path) -> 
         paths.append(out_dir / f"{metric}.png")
         fig.savefig(paths[-1], dpi=100)
         plt.close(fig)
+    if report.vae.get("psnr_by_second"):
+        psnr = report.vae["psnr_by_second"]
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        ax.plot(np.arange(1, len(psnr) + 1), psnr, "o-")
+        ax.set_xlabel("stream time (s)")
+        ax.set_ylabel("VAE reconstruction PSNR (dB)")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        paths.append(out_dir / "vae_psnr.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
     if readings.film:
         rows = [np.concatenate(list(f), axis=-2) for f in readings.film]  # [3, B*H, 2W]
         strip = np.concatenate(rows, axis=-1).transpose(1, 2, 0)

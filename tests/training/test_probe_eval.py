@@ -129,6 +129,7 @@ def test_run_eval_writes_a_table_and_reports(tmp_path):
     psnr = report.vae["psnr_by_second"]
     assert len(psnr) == 3 and all(np.isfinite(psnr)) and "VAE reconstruction PSNR" in table
     assert -1 <= report.vae["lipsync"] <= 1 and report.vae["identity_drift"] > 0
+    assert (tmp_path / "eval" / "vae_psnr.png").stat().st_size > 0
 
 
 @pytest.mark.skipif(not (DEMO / "index.json").is_file(), reason="no shipped demo checkpoint")
