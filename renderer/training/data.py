@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flowact.renderer.buffer import ChunkCondition
 from flowact.renderer.presets import RendererConfig
 from flowact.renderer.training import world
 from flowact.schemas.timebase import FRAMES_PER_CHUNK, FRAMES_PER_LATENT, SAMPLES_PER_CHUNK
@@ -195,6 +196,16 @@ def _audio_for(
     index = ((frame_chunk - first[:, None]) * config.latents_per_chunk + frame_pos).clamp(min=0)
     audio = windows.gather(1, index[..., None, None].expand(-1, -1, *windows.shape[2:]))
     return audio * has[..., None, None]
+
+
+def chunk_condition(
+    index: int, audio: Tensor, prompt: Tensor, table: Tensor, latents_per_chunk: int
+) -> ChunkCondition:
+    """One chunk's conditioning as the renderer builds it: audio windows `[B, L, W, Da]`, and
+    the prompt id of each channel `[B, P]` (-1 none) looked up in `table` `[n_prompts, Dt]`."""
+    mask = (prompt >= 0)[:, None].expand(-1, latents_per_chunk, -1)  # [B, L, P]
+    text = table[prompt.clamp(min=0)][:, None].expand(-1, latents_per_chunk, -1, -1)
+    return ChunkCondition(index, audio, (text * mask[..., None]).contiguous(), mask.contiguous())
 
 
 def face_weight(config: RendererConfig, gain: float = 3.0) -> Tensor:

@@ -9,7 +9,7 @@ carried it, `v* = (x_teacher_after - x_before) / (t_after - t_before)` per chunk
 step distillation with the NFEs partitioned into the 3 stream segments, and the guidance scale
 enters the student through its CFG embedding (`guidance=g`); with `no_guidance_prob` the student
 also learns the default scale with no guidance given, so a caller that passes none still gets a
-guided model. DMD is not implemented.
+guided model. Score distillation (DMD) on streaming rollouts follows in `dmd.py`.
 """
 
 from __future__ import annotations
@@ -58,13 +58,19 @@ class DistillConfig:
 
 
 def guided_velocity(
-    model: FlowActMMDiT, x: Tensor, t: Tensor, b: BufferBatch, scale: Tensor
+    model: FlowActMMDiT,
+    x: Tensor,
+    t: Tensor,
+    audio: Tensor,
+    text: Tensor,
+    text_mask: Tensor,
+    scale: Tensor,
 ) -> Tensor:
     """Classifier-free guidance over the text prompts: `v_u + g (v_c - v_u)`, g `[B]`."""
     n_ctx = model.config.context_latents
     two = lambda z: torch.cat([z, z])  # noqa: E731
-    mask = torch.cat([b.text_mask, torch.zeros_like(b.text_mask)])
-    v = model(two(x), two(t), two(b.audio), two(b.text), mask, n_ctx).float()
+    mask = torch.cat([text_mask, torch.zeros_like(text_mask)])
+    v = model(two(x), two(t), two(audio), two(text), mask, n_ctx).float()
     cond, uncond = v.chunk(2)
     return uncond + scale[:, None, None, None, None] * (cond - uncond)
 
@@ -84,7 +90,9 @@ def teacher_period(
         t_stream = table[s].repeat_interleave(lpc).expand(x.shape[0], -1)
         t = torch.cat([torch.zeros(x.shape[0], ctx.shape[1], device=x.device), t_stream], 1)
         with autocast(x.device):
-            v = guided_velocity(teacher, torch.cat([ctx, x], 1), t, b, scale)[:, ctx.shape[1] :]
+            full = torch.cat([ctx, x], 1)
+            v = guided_velocity(teacher, full, t, b.audio, b.text, b.text_mask, scale)
+            v = v[:, ctx.shape[1] :]
         x = sampler.step(v, table[s].repeat_interleave(lpc), table[s + 1].repeat_interleave(lpc), x)
     return x, table[0], table[-1]
 

@@ -34,7 +34,7 @@ from flowact.renderer.sampler import FlowMatchEulerSampler
 from flowact.renderer.stream import StreamConfig, StreamingGenerator
 from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import speech, world
-from flowact.renderer.training.data import chunk_windows
+from flowact.renderer.training.data import chunk_condition, chunk_windows
 from flowact.renderer.training.export import Bundle, load_checkpoint
 from flowact.renderer.training.probe import PoseProbe, read_frames
 from flowact.schemas.timebase import FPS, FRAMES_PER_CHUNK, SAMPLES_PER_CHUNK
@@ -176,9 +176,7 @@ def _conditions(
         else:  # past the end: silence, no prompt (these chunks are never emitted)
             audio = torch.zeros_like(windows[:, :lpc])
             ids = torch.full((b, cfg.text_slots), -1, device=device)
-        mask = (ids >= 0)[:, None].expand(-1, lpc, -1)
-        text = table.to(device)[ids.clamp(min=0)][:, None].expand(-1, lpc, -1, -1) * mask[..., None]
-        out.append(ChunkCondition(k, audio, text.contiguous(), mask.contiguous()))
+        out.append(chunk_condition(k, audio, ids, table.to(device), lpc))
     return out
 
 
