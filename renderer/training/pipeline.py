@@ -33,6 +33,7 @@ from flowact.renderer.training import data as data_mod
 from flowact.renderer.training import speech, world
 from flowact.renderer.training.common import EMA, StageState, pick_device
 from flowact.renderer.training.distill import DistillConfig, train_distill
+from flowact.renderer.training.dmd import DMDConfig, train_dmd
 from flowact.renderer.training.evaluate import EvalConfig, run_eval
 from flowact.renderer.training.export import Bundle, export_checkpoint, load_checkpoint
 from flowact.renderer.training.probe import PoseProbe, ProbeConfig, ProbeTrainConfig, train_probe
@@ -56,6 +57,7 @@ class PipelineConfig:
     stage1_seconds: float = 150.0
     stage2_seconds: float = 450.0
     stage3_seconds: float = 180.0  # 0 = no distillation: evaluate the teacher only
+    dmd_seconds: float = 0.0  # DMD on streaming rollouts after step distillation; 0 = skip
     # sizes
     vae_chunks: int = 0  # chunks per VAE training clip; 0 = enough to outlast the VAE's reach
     vae_batch: int = 2  # clips of the VAE's reach: 133 frames each for `small`
@@ -65,6 +67,7 @@ class PipelineConfig:
     clip_chunks: int = 20
     batch: int = 64
     distill_batch: int = 32
+    dmd_batch: int = 16
     teacher_micro_steps: int = 4
     guidance: float = 2.0
     # the curriculum's choices, flags so that ablations are runs of the same pipeline
@@ -209,11 +212,27 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         "text_encoder": "auto",
     }
     final = student_ema.model
+    done = st3.seconds >= d.seconds - 1
+    if cfg.dmd_seconds > 0 and done:
+        dmd = DMDConfig(
+            batch=cfg.dmd_batch,
+            steps=100_000,
+            seconds=cfg.dmd_seconds,
+            seed=cfg.seed,
+            shift=d.shift,
+            guidance=cfg.guidance,
+        )
+        _, dmd_ema, st_dmd = train_dmd(
+            dmd, final, teacher, encoder, latents, table, work, piece_seconds=left()
+        )
+        summary["stage3_dmd"] = _stage_summary(st_dmd)
+        final = dmd_ema.model
+        done = st_dmd.seconds >= dmd.seconds - 1
     export_checkpoint(cfg.checkpoint, final, vae, encoder, probe, sampling)
     summary["checkpoint"] = cfg.checkpoint
     save_summary()
-    # evaluation runs once stage 3 is complete, whatever is left of this piece's deadline
-    if st3.seconds >= d.seconds - 1:
+    # evaluation runs once distillation is complete, whatever is left of this piece's deadline
+    if done:
         summary["eval"] = _evaluate(cfg, final, teacher, vae, encoder, probe, table, work, data_dir)
     save_summary()
     return summary

@@ -21,6 +21,8 @@ TINY_BUDGETS = dict(
     stage1_seconds=1.0,
     stage2_seconds=1.0,
     stage3_seconds=1.0,
+    dmd_seconds=1.0,
+    dmd_batch=2,
     vae_batch=2,
     probe_batch=8,
     latent_clips=4,
@@ -55,7 +57,7 @@ def test_pipeline_and_an_ablation_that_shares_its_vae_and_probe(tmp_path):
         **TINY_BUDGETS,
     )
     summary = run_pipeline(main)
-    assert summary["stage3"]["steps"] > 0
+    assert summary["stage3"]["steps"] > 0 and summary["stage3_dmd"]["steps"] > 0
     assert set(summary["eval"]) == {
         "distilled_3nfe_refine",
         "distilled_3nfe_no_refine",
@@ -70,7 +72,7 @@ def test_pipeline_and_an_ablation_that_shares_its_vae_and_probe(tmp_path):
         init_from=str(tmp_path / "ckpt"),
         gen_memory_prob=0.0,
         staggered_prob=0.0,
-        **{**TINY_BUDGETS, "stage3_seconds": 0.0},
+        **{**TINY_BUDGETS, "stage3_seconds": 0.0, "dmd_seconds": 0.0},
     )
     result = run_pipeline(ablation)
     assert "vae" in result and "stage3" not in result
