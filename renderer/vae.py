@@ -527,9 +527,11 @@ def temporal_reach(config: VAEConfig, threshold: float = 0.01, seed: int = 0) ->
     sees its own steady state (every frame it trains on still sees the clip's zero padding),
     and its reconstructions drift once a stream outgrows its training clips.
     """
-    torch.manual_seed(seed)
-    vae = CausalVideoVAE(config).eval()
+    with torch.random.fork_rng():  # the caller's random stream stays as it was
+        torch.manual_seed(seed)
+        vae = CausalVideoVAE(config).eval()
     size = 2 * config.spatial_factor
+    margin = 4 * FRAMES_PER_LATENT  # the effect must end this far inside the clip
     frames = 1 + FRAMES_PER_LATENT * 16
     while True:
         clip = torch.zeros(1, frames, config.image_channels, size, size)
@@ -538,6 +540,6 @@ def temporal_reach(config: VAEConfig, threshold: float = 0.01, seed: int = 0) ->
         change = (vae.decode(vae.encode(poked)) - vae.decode(vae.encode(clip))).abs()
         effect = change.amax((0, 2, 3, 4))  # [T]
         reach = int((effect >= threshold * effect.max()).nonzero().max()) - 1
-        if reach < frames - 1 - 4 * FRAMES_PER_LATENT:  # ended well inside the clip
+        if reach < frames - 1 - margin:
             return reach
         frames = 1 + 2 * (frames - 1)

@@ -86,14 +86,15 @@ class EvalReport:
     vae: dict = field(default_factory=dict)
 
     def table(self) -> str:
-        through = f"through the VAE ({self.config.get('vae_seconds', 0):g} s)"
-        rows = [f"| metric | generated | ground truth | {through} |", "| --- | --- | --- | --- |"]
+        columns = ["metric", "generated", "ground truth"]
+        if self.vae:
+            columns.append(f"through the VAE ({self.config.get('vae_seconds', 0):g} s)")
+        rows = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
         for name, values in self.overall.items():
-            vae = self.vae.get(name)
-            cell = "" if vae is None else f"{vae:.3f}"
-            rows.append(
-                f"| {name} | {values['generated']:.3f} | {values['ground_truth']:.3f} | {cell} |"
-            )
+            cells = [name, f"{values['generated']:.3f}", f"{values['ground_truth']:.3f}"]
+            if self.vae:
+                cells.append(f"{self.vae[name]:.3f}" if name in self.vae else "")
+            rows.append("| " + " | ".join(cells) + " |")
         if "psnr_by_second" in self.vae:
             psnr = ", ".join(f"{v:.1f}" for v in self.vae["psnr_by_second"])
             rows.append(f"\nVAE reconstruction PSNR (dB) per second of stream: {psnr}")

@@ -5,9 +5,10 @@ the layout the renderer decodes, and by default long enough to outlast the VAE's
 (`vae.temporal_reach`): causal convs look back ~120 frames, and a VAE trained on shorter clips
 only ever sees frames near a clip's start, so its reconstructions decay as a stream goes on (the
 first shipped VAE, trained on 13-frame clips, fell from 20 to 12 dB PSNR over the first 2 s).
-Loss: L1 + MSE of the reconstruction (through a sampled
-latent) + `kl_weight` x the KL per latent element. When training ends, `set_latent_stats`
-normalises the latents to zero mean and unit variance per channel, what the DiT expects.
+
+Loss: L1 + MSE of the reconstruction (through a sampled latent) + `kl_weight` x the KL per
+latent element. When training ends, `set_latent_stats` normalises the latents to zero mean and
+unit variance per channel, what the DiT expects.
 """
 
 from __future__ import annotations
