@@ -110,14 +110,7 @@ def rollout(
     buffer = gen.buffer
     assert buffer is not None
     inputs = buffer.model_inputs()
-    copied = ModelInputs(
-        inputs.x.clone(),
-        inputs.t.clone(),
-        inputs.audio.clone(),
-        inputs.text.clone(),
-        inputs.text_mask.clone(),
-        inputs.n_context,
-    )
+    copied = ModelInputs(*(t.clone() for t in _args(inputs)[:-1]), inputs.n_context)
     return copied, buffer.stream_levels[0].clone()
 
 
@@ -165,10 +158,8 @@ def generator_loss(
     tt = level[:, None, None, None, None]
     x_t = noisy.x[:, frames].float()
     with torch.no_grad(), autocast(device):
-        real = guided_velocity(
-            teacher, noisy.x, noisy.t, noisy.audio, noisy.text, noisy.text_mask, guidance
-        )
-        fake_v = fake(noisy.x, noisy.t, noisy.audio, noisy.text, noisy.text_mask, noisy.n_context)
+        real = guided_velocity(teacher, *_args(noisy)[:-1], guidance)
+        fake_v = fake(*_args(noisy))
     x0_real = x_t - tt * _oldest(real, noisy, lpc)
     x0_fake = x_t - tt * _oldest(fake_v, noisy, lpc)
     scale = (x0.detach() - x0_real).abs().mean((1, 2, 3, 4), keepdim=True).clamp_min(1e-6)
@@ -185,7 +176,7 @@ def fake_loss(
     level, noise = _level_and_noise(x0, cfg, gen)
     noisy = _with_oldest(inputs, x0, level, noise)
     with autocast(x0.device):
-        v = fake(noisy.x, noisy.t, noisy.audio, noisy.text, noisy.text_mask, noisy.n_context)
+        v = fake(*_args(noisy))
     err = (_oldest(v, noisy, lpc) - (noise - x0)).pow(2)
     return (err * face_weight(fake.config).to(x0.device)).mean()
 

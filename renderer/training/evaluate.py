@@ -261,7 +261,8 @@ def read_through_vae(
     reading = read_frames(probe, recon[:, 1:])
     ref = read_frames(probe, truth[:, :1]).identity[:, 0].cpu().numpy()
     c = reading.controls.cpu().numpy()
-    mouth = np.stack([speech.mouth_from_pcm(p) for p in streams.pcm])[:, :frames]
+    samples = frames * SAMPLES_PER_CHUNK // FRAMES_PER_CHUNK
+    mouth = np.stack([speech.mouth_from_pcm(p[:samples]) for p in streams.pcm])
     behavior = np.stack([t.behavior for t in streams.timeline])[:, :frames]
     return {
         "lipsync": lipsync(c[..., 0], mouth),

@@ -99,7 +99,7 @@ def train_vae(
     run_steps(state, step, cfg.steps, path, budget, cfg.save_every, "vae", progress)
     vae.eval()
     if state.step > first or first == 0:
-        set_stats(vae, cfg, rng, bank, device)
+        set_stats(vae, cfg, rng, bank, device, clip_cfg)
         if path is not None:
             state.save(path)
     return vae, state
@@ -112,9 +112,11 @@ def set_stats(
     rng: np.random.Generator,
     bank: list[np.ndarray] | None,
     device: torch.device,
+    clip_cfg: world.ClipConfig | None = None,
 ) -> None:
-    """Per-channel mean / std of the posterior means over fresh clips -> latent stats."""
-    clip_cfg = world.ClipConfig(chunks=training_chunks(cfg), size=cfg.size)
+    """Per-channel mean / std of the posterior means over fresh clips (`clip_cfg`, default the
+    training clips) -> latent stats."""
+    clip_cfg = clip_cfg or world.ClipConfig(chunks=training_chunks(cfg), size=cfg.size)
     means = []
     for _ in range(max(1, cfg.stats_clips // cfg.batch)):
         clips = world.make_clips(cfg.batch, clip_cfg, rng, bank, device)
