@@ -81,6 +81,9 @@ class PipelineConfig:
     # an exported checkpoint whose VAE and probe a new workdir starts from (ablations share the
     # latent space and the instrument of the run they are compared with); empty = train them
     init_from: str = ""
+    # with init_from: its DiT and audio encoder too, in place of stage 1 (stage 2 goes on from
+    # them), so that DiT training adds up over runs on machines that do not last
+    init_dit: bool = False
 
 
 def prepare_data(out: str | Path, preset: str = "demo", train_sentences: int = 160) -> None:
@@ -101,6 +104,8 @@ def prepare_data(out: str | Path, preset: str = "demo", train_sentences: int = 1
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
     """Run (or continue) every stage; returns a summary written to `workdir/summary.json`."""
+    if cfg.init_dit and not cfg.init_from:
+        raise ValueError("init_dit needs init_from: the checkpoint whose DiT to start from")
     start = time.monotonic()
     device = pick_device(cfg.device)
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -114,7 +119,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     table = torch.load(data_dir / "text_table.pt", map_location="cpu").to(device)
     size = (get_preset(cfg.preset).height, get_preset(cfg.preset).width)
     if cfg.init_from:
-        _seed_from_checkpoint(work, Path(cfg.init_from), cfg.vae_seconds)
+        _seed_from_checkpoint(work, cfg)
 
     def left() -> float:
         return max(0.0, cfg.deadline - (time.monotonic() - start))
@@ -238,19 +243,31 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     return summary
 
 
-def _seed_from_checkpoint(work: Path, checkpoint: Path, vae_seconds: float) -> None:
-    """Write `checkpoint`'s VAE (as a finished VAE stage) and probe into a fresh `work`."""
+def _seed_from_checkpoint(work: Path, cfg: PipelineConfig) -> None:
+    """Write the checkpoint's VAE (as a finished VAE stage) and probe into a fresh `work`; with
+    `init_dit`, also its DiT and audio encoder as a finished stage 1, so that stage 2 goes on
+    training them (training that outlasts one machine, carried by the exported checkpoint)."""
+    checkpoint = Path(cfg.init_from)
     vae_path, probe_path = work / "vae" / "state.pt", work / "probe.pt"
-    if vae_path.is_file():
+    dit_path = work / "stage1" / "state.pt"
+    if vae_path.is_file() and (dit_path.is_file() or not cfg.init_dit):
         return
     bundle = load_checkpoint(checkpoint)
     if bundle.probe is None:
         raise ValueError(f"{checkpoint} holds no probe to start from")
+    if cfg.init_dit and bundle.config.name != cfg.preset:
+        raise ValueError(
+            f"{checkpoint} holds a {bundle.config.name!r} DiT; this run trains {cfg.preset!r}"
+        )
     # the exported weights are bf16; stored back in fp32 as a trained stage would hold them
-    vae = bundle.vae.float()
-    StageState({"vae": vae}, step=1, seconds=vae_seconds).save(vae_path)
-    torch.save(bundle.probe.float().state_dict(), probe_path)
-    log.info("workdir_seeded", checkpoint=str(checkpoint), workdir=str(work))
+    if not vae_path.is_file():
+        StageState({"vae": bundle.vae.float()}, step=1, seconds=cfg.vae_seconds).save(vae_path)
+        torch.save(bundle.probe.float().state_dict(), probe_path)
+    if cfg.init_dit and not dit_path.is_file():
+        dit, audio = bundle.model.float(), bundle.audio.float()
+        parts = {"model": dit, "encoder": audio, "ema": dit}
+        StageState(parts, step=1, seconds=cfg.stage1_seconds).save(dit_path)
+    log.info("workdir_seeded", checkpoint=str(checkpoint), workdir=str(work), dit=cfg.init_dit)
 
 
 def _train_probe(cfg, work, device, vae, size, seconds, summary) -> PoseProbe:
@@ -353,10 +370,14 @@ def main() -> None:
     prep.add_argument("--preset", default="demo")
     run = sub.add_parser("run")
     for name, value in asdict(PipelineConfig()).items():
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(value, bool):
+            run.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+            continue
         kind = type(value) if value is not None and not isinstance(value, float) else float
         if name in ("preset", "data", "workdir", "checkpoint", "device", "init_from"):
             kind = str
-        run.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value)
+        run.add_argument(flag, type=kind, default=value)
     args = parser.parse_args()
     if args.cmd == "prepare":
         prepare_data(args.data, args.preset)

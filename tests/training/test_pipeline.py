@@ -1,10 +1,12 @@
-"""The whole curriculum on the tiny preset, and an ablation run that starts from its checkpoint."""
+"""The whole curriculum on the tiny preset, and runs that start from its checkpoint: an ablation
+that shares its VAE and probe, and a continuation that goes on training its DiT."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from flowact.renderer.text import HashTextEncoder
@@ -48,7 +50,10 @@ def _data(tmp_path):
     return out
 
 
-def test_pipeline_and_an_ablation_that_shares_its_vae_and_probe(tmp_path):
+@pytest.fixture(scope="module")
+def main_run(tmp_path_factory):
+    """One tiny run of the whole curriculum: its data folder, checkpoint and summary."""
+    tmp_path = tmp_path_factory.mktemp("pipeline")
     data = _data(tmp_path)
     main = PipelineConfig(
         data=str(data),
@@ -56,20 +61,28 @@ def test_pipeline_and_an_ablation_that_shares_its_vae_and_probe(tmp_path):
         checkpoint=str(tmp_path / "ckpt"),
         **TINY_BUDGETS,
     )
-    summary = run_pipeline(main)
+    return data, tmp_path / "ckpt", run_pipeline(main)
+
+
+def test_pipeline_runs_every_stage_and_evaluates(main_run):
+    _, _, summary = main_run
     assert summary["stage3"]["steps"] > 0 and summary["stage3_dmd"]["steps"] > 0
     assert set(summary["eval"]) == {
         "distilled_3nfe_refine",
         "distilled_3nfe_no_refine",
         "teacher_12nfe_no_cfg",
     }
-    shipped = load_checkpoint(tmp_path / "ckpt")
+
+
+def test_an_ablation_shares_the_vae_and_probe(main_run, tmp_path):
+    data, ckpt, _ = main_run
+    shipped = load_checkpoint(ckpt)
 
     ablation = PipelineConfig(
         data=str(data),
         workdir=str(tmp_path / "abl"),
         checkpoint=str(tmp_path / "abl_ckpt"),
-        init_from=str(tmp_path / "ckpt"),
+        init_from=str(ckpt),
         gen_memory_prob=0.0,
         staggered_prob=0.0,
         **{**TINY_BUDGETS, "stage3_seconds": 0.0, "dmd_seconds": 0.0},
@@ -88,3 +101,46 @@ def test_pipeline_and_an_ablation_that_shares_its_vae_and_probe(tmp_path):
         assert torch.equal(probe[name], value.float()), name
     saved = json.loads((tmp_path / "abl" / "summary.json").read_text())
     assert saved["config"]["gen_memory_prob"] == 0.0
+
+
+def test_a_continuation_goes_on_training_the_checkpoints_dit(main_run, tmp_path):
+    data, ckpt, _ = main_run
+    shipped = load_checkpoint(ckpt)
+    more = PipelineConfig(
+        data=str(data),
+        workdir=str(tmp_path / "more"),
+        checkpoint=str(tmp_path / "more_ckpt"),
+        init_from=str(ckpt),
+        init_dit=True,
+        **{**TINY_BUDGETS, "dmd_seconds": 0.0},
+    )
+    result = run_pipeline(more)
+    # stage 1 is the checkpoint's DiT and audio encoder, not a training of its own
+    assert result["stage1"]["steps"] == 1 and result["stage1"]["loss_first50"] is None
+    seeded = torch.load(tmp_path / "more" / "stage1" / "state.pt", weights_only=False)["modules"]
+    for name, value in shipped.model.state_dict().items():
+        assert torch.equal(seeded["model"][name], value.float()), name
+    for name, value in shipped.audio.state_dict().items():
+        assert torch.equal(seeded["encoder"][name], value.float()), name
+    assert result["stage2"]["steps"] > 0 and result["stage3"]["steps"] > 0
+    went_on = load_checkpoint(tmp_path / "more_ckpt")
+    moved = [
+        not torch.equal(a, b)
+        for a, b in zip(went_on.model.parameters(), shipped.model.parameters(), strict=True)
+    ]
+    assert any(moved)
+
+
+def test_a_continuation_names_what_is_wrong(main_run, tmp_path):
+    data, ckpt, _ = main_run
+    with pytest.raises(ValueError, match="init_dit needs init_from"):
+        run_pipeline(PipelineConfig(data=str(data), workdir=str(tmp_path / "a"), init_dit=True))
+    other = PipelineConfig(
+        data=str(data),
+        workdir=str(tmp_path / "b"),
+        init_from=str(ckpt),
+        init_dit=True,
+        **{**TINY_BUDGETS, "preset": "demo"},
+    )
+    with pytest.raises(ValueError, match="holds a 'tiny' DiT; this run trains 'demo'"):
+        run_pipeline(other)
