@@ -483,6 +483,38 @@ def evaluate(
     typer.echo(f"plots and report in {out}")
 
 
+@app.command("compare")
+def compare(
+    runs: Annotated[
+        list[str],
+        typer.Argument(help="NAME=DIR pairs: a label and a folder that `flowact eval` wrote."),
+    ],
+    out: Annotated[Path, typer.Option(help="PNG of the metric over stream time.")] = Path(
+        "out/compare.png"
+    ),
+    metric: Annotated[
+        str, typer.Option(help="lipsync, behavior, identity_drift, control_jitter or seam_ratio.")
+    ] = "identity_drift",
+) -> None:
+    """Evaluation reports of several runs side by side: a table and one plot over stream time."""
+    from flowact.renderer.training.evaluate import EvalReport, compare_table, plot_comparison
+
+    reports = {}
+    for run in runs:
+        name, sep, folder = run.partition("=")
+        if not sep or not name or not folder:
+            raise typer.BadParameter(f"{run!r} is not NAME=DIR", param_hint="RUNS")
+        try:
+            reports[name] = EvalReport.load(folder)
+        except FileNotFoundError as err:
+            raise typer.BadParameter(str(err), param_hint="RUNS") from None
+    missing = [name for name, r in reports.items() if metric not in r.bins]
+    if missing:
+        raise typer.BadParameter(f"no {metric!r} in {', '.join(missing)}", param_hint="--metric")
+    typer.echo(compare_table(reports))
+    typer.echo(f"plot in {plot_comparison(reports, metric, out)}")
+
+
 async def _publish(settings: BusSettings, session: str, message) -> str:  # noqa: ANN001
     from flowact.bus.registry import open_bus
     from flowact.bus.typed import publish

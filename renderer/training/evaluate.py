@@ -28,6 +28,7 @@ import numpy as np
 import structlog
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from flowact.renderer.buffer import ChunkCondition
 from flowact.renderer.sampler import FlowMatchEulerSampler
@@ -102,6 +103,76 @@ class EvalReport:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def load(cls, path: str | Path) -> EvalReport:
+        """A `report.json` as `run_eval` wrote it (or the folder that holds one)."""
+        path = Path(path)
+        path = path / "report.json" if path.is_dir() else path
+        if not path.is_file():
+            raise FileNotFoundError(f"no evaluation report at {path}")
+        return cls(**json.loads(path.read_text()))
+
+
+def compare_table(reports: dict[str, EvalReport]) -> str:
+    """Overall generated figures of several runs side by side, with the first run's ground truth
+    and, per run, the minute-5 over minute-0.5 drift ratio where its stream reaches minute 5."""
+    names = list(reports)
+    first = reports[names[0]]
+    rows = [
+        "| metric | " + " | ".join(names) + " | ground truth |",
+        "|" + " --- |" * (len(names) + 2),
+    ]
+    for metric in first.overall:
+        cells = [
+            f"{r.overall[metric]['generated']:.3f}" if metric in r.overall else ""
+            for r in reports.values()
+        ]
+        truth = f"{first.overall[metric]['ground_truth']:.3f}"
+        rows.append(f"| {metric} | " + " | ".join(cells) + f" | {truth} |")
+    ratios = [_drift_ratio(r) for r in reports.values()] + [_drift_ratio(first, "ground_truth")]
+    cells = ["" if v is None else f"{v:.2f}" for v in ratios]
+    rows.append("| drift min 5 / min 0.5 | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _drift_ratio(report: EvalReport, which: str = "generated") -> float | None:
+    """Drift in the bin holding minute 5 over drift in the bin holding minute 0.5."""
+    series = report.bins["identity_drift"][which]
+    late, early = int(300 / report.bin_seconds), int(30 / report.bin_seconds)
+    if late >= len(series) or series[early] <= 0:
+        return None
+    return series[late] / series[early]
+
+
+def plot_comparison(reports: dict[str, EvalReport], metric: str, out: str | Path) -> Path:
+    """One PNG of `metric` over stream time for several runs, the first run's ground truth
+    dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for name, report in reports.items():
+        series = report.bins[metric]["generated"]
+        ax.plot(
+            (np.arange(len(series)) + 0.5) * report.bin_seconds / 60, series, "o-", ms=3, label=name
+        )
+    first = next(iter(reports.values()))
+    truth = first.bins[metric]["ground_truth"]
+    x = (np.arange(len(truth)) + 0.5) * first.bin_seconds / 60
+    ax.plot(x, truth, "k--", label="ground truth")
+    ax.set_xlabel("stream time (min)")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
 
 
 # ---------------------------------------------------------------------------------- streams
@@ -214,7 +285,7 @@ def generate_and_read(
     seams, film = [], []
     film_chunks = {int(s * FPS) // FRAMES_PER_CHUNK for s in cfg.film_seconds}
     previous = None
-    for k in range(streams.chunks):
+    for k in tqdm(range(streams.chunks), desc="eval stream", unit="chunk", leave=False):
         latents = gen.step()
         gen.push(conditions[k + mc.stream_chunks])
         frames = decoder.push(latents).float()  # [B, 12, 3, H, W]

@@ -13,7 +13,13 @@ import torch
 from flowact.renderer.model import FlowActMMDiT
 from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import world
-from flowact.renderer.training.evaluate import EvalConfig, run_eval
+from flowact.renderer.training.evaluate import (
+    EvalConfig,
+    EvalReport,
+    compare_table,
+    plot_comparison,
+    run_eval,
+)
 from flowact.renderer.training.export import (
     Bundle,
     checkpoint_bytes,
@@ -150,3 +156,55 @@ def test_shipped_checkpoint_starts_from_its_reference():
     first = readings.gen_identity[:, :12].mean(1)  # [4, D] the first chunk
     dist = np.linalg.norm(first[:, None] - readings.ref_identity[None], axis=-1)
     assert (dist.argmin(1) == np.arange(4)).all()
+
+
+def _report(drift: list[float], lipsync: float) -> EvalReport:
+    bins = {"identity_drift": {"generated": drift, "ground_truth": [0.5] * len(drift)}}
+    overall = {
+        "lipsync": {"generated": lipsync, "ground_truth": 0.97},
+        "identity_drift": {"generated": float(np.mean(drift)), "ground_truth": 0.5},
+    }
+    return EvalReport(overall, bins, 30.0, {})
+
+
+def test_reports_compare_side_by_side(tmp_path):
+    # 30 s bins: bin 1 holds minute 0.5, bin 10 minute 5
+    rising = _report([1.0, 2.0] + [3.0] * 8 + [5.0], 0.25)
+    short = _report([1.0, 1.5, 1.5], -0.125)  # ends before minute 5: no ratio
+    (tmp_path / "rising").mkdir()
+    (tmp_path / "rising" / "report.json").write_text(rising.to_json())
+    loaded = EvalReport.load(tmp_path / "rising")
+    assert loaded.bins == rising.bins and loaded.overall == rising.overall
+    table = compare_table({"rising": loaded, "short": short}).splitlines()
+    assert table[0] == "| metric | rising | short | ground truth |"
+    assert "| lipsync | 0.250 | -0.125 | 0.970 |" in table
+    assert table[-1] == "| drift min 5 / min 0.5 | 2.50 |  | 1.00 |"
+    png = plot_comparison({"rising": loaded, "short": short}, "identity_drift", tmp_path / "d.png")
+    assert png.stat().st_size > 0
+    with pytest.raises(FileNotFoundError, match="no evaluation report at"):
+        EvalReport.load(tmp_path / "nothing")
+
+
+def test_compare_command_prints_the_table_and_names_bad_runs(tmp_path):
+    import subprocess
+    import sys
+
+    for name, lip in (("a", 0.5), ("b", 0.25)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(_report([1.0, 1.0, 1.0], lip).to_json())
+    cmd = [sys.executable, "-m", "flowact", "compare"]
+    done = subprocess.run(
+        [*cmd, f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--out", str(tmp_path / "c.png")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| lipsync | 0.500 | 0.250 | 0.970 |" in done.stdout
+    assert (tmp_path / "c.png").stat().st_size > 0
+    bad = subprocess.run([*cmd, "a"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "'a' is not NAME=DIR" in bad.stderr
+    gone = subprocess.run(
+        [*cmd, f"x={tmp_path / 'none'}"], capture_output=True, text=True, timeout=120
+    )
+    assert gone.returncode == 2 and "no evaluation report at" in gone.stderr
