@@ -115,6 +115,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     summary_path = work / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     summary["config"] = asdict(cfg)
+    earlier = summary.get("wall_seconds", 0.0)  # the pieces before this one
     bank = speech.load_bank(data_dir / "speech_train.npz")
     table = torch.load(data_dir / "text_table.pt", map_location="cpu").to(device)
     size = (get_preset(cfg.preset).height, get_preset(cfg.preset).width)
@@ -125,7 +126,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         return max(0.0, cfg.deadline - (time.monotonic() - start))
 
     def save_summary() -> None:
-        summary["wall_seconds"] = summary.get("wall_seconds", 0.0) + time.monotonic() - start
+        summary["wall_seconds"] = earlier + time.monotonic() - start
         summary_path.write_text(json.dumps(summary, indent=1, default=str))
 
     # VAE

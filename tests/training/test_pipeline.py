@@ -4,6 +4,7 @@ that shares its VAE and probe, and a continuation that goes on training its DiT.
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -61,7 +62,10 @@ def main_run(tmp_path_factory):
         checkpoint=str(tmp_path / "ckpt"),
         **TINY_BUDGETS,
     )
-    return data, tmp_path / "ckpt", run_pipeline(main)
+    t0 = time.monotonic()
+    summary = run_pipeline(main)
+    summary["measured_seconds"] = time.monotonic() - t0
+    return data, tmp_path / "ckpt", summary
 
 
 def test_pipeline_runs_every_stage_and_evaluates(main_run):
@@ -72,6 +76,23 @@ def test_pipeline_runs_every_stage_and_evaluates(main_run):
         "distilled_3nfe_no_refine",
         "teacher_12nfe_no_cfg",
     }
+
+
+def test_a_finished_run_resumes_to_the_same_summary(main_run):
+    data, ckpt, summary = main_run
+    # the recorded wall time is the run's own, counted once
+    assert 0.8 * summary["measured_seconds"] < summary["wall_seconds"]
+    assert summary["wall_seconds"] <= summary["measured_seconds"]
+    workdir = summary["config"]["workdir"]
+    t0 = time.monotonic()
+    again = run_pipeline(
+        PipelineConfig(data=str(data), workdir=workdir, checkpoint=str(ckpt), **TINY_BUDGETS)
+    )
+    piece = time.monotonic() - t0
+    for stage in ("vae", "stage1", "stage2", "stage3"):
+        assert again[stage]["steps"] == summary[stage]["steps"], stage
+    added = again["wall_seconds"] - summary["wall_seconds"]
+    assert 0.8 * piece < added <= piece
 
 
 def test_an_ablation_shares_the_vae_and_probe(main_run, tmp_path):
