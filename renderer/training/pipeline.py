@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -116,6 +117,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     summary["config"] = asdict(cfg)
     earlier = summary.get("wall_seconds", 0.0)  # the pieces before this one
+    eval_bank = _take_data(data_dir, work)
     bank = speech.load_bank(data_dir / "speech_train.npz")
     table = torch.load(data_dir / "text_table.pt", map_location="cpu").to(device)
     size = (get_preset(cfg.preset).height, get_preset(cfg.preset).width)
@@ -194,7 +196,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     teacher = ema.model
     teacher.set_attention_backend("split")
     if cfg.stage3_seconds <= 0:
-        summary["eval"] = _evaluate(cfg, None, teacher, vae, encoder, probe, table, work, data_dir)
+        summary["eval"] = _evaluate(cfg, None, teacher, vae, encoder, probe, table, work, eval_bank)
         save_summary()
         return summary
     d = DistillConfig(
@@ -239,9 +241,29 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     save_summary()
     # evaluation runs once distillation is complete, whatever is left of this piece's deadline
     if done:
-        summary["eval"] = _evaluate(cfg, final, teacher, vae, encoder, probe, table, work, data_dir)
+        summary["eval"] = _evaluate(
+            cfg, final, teacher, vae, encoder, probe, table, work, eval_bank
+        )
     save_summary()
     return summary
+
+
+DATA_FILES = ("speech_train.npz", "speech_eval.npz", "text_table.pt")
+
+
+def _take_data(data_dir: Path, work: Path) -> Path:
+    """Check that `prepare_data` made every input, and keep the held-out speech in `work`: the
+    evaluation at the end of a run reads it from there, whatever became of `data_dir`."""
+    missing = [name for name in DATA_FILES if not (data_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{data_dir} lacks {', '.join(missing)}: make it with `python -m "
+            f"flowact.renderer.training.pipeline prepare --data {data_dir}`"
+        )
+    kept = work / "speech_eval.npz"
+    if not kept.is_file():
+        shutil.copyfile(data_dir / "speech_eval.npz", kept)
+    return kept
 
 
 def _seed_from_checkpoint(work: Path, cfg: PipelineConfig) -> None:
@@ -327,14 +349,14 @@ def _stage_summary(state) -> dict:
     }
 
 
-def _evaluate(cfg, student, teacher, vae, encoder, probe, table, work, data_dir) -> dict:
+def _evaluate(cfg, student, teacher, vae, encoder, probe, table, work, eval_bank) -> dict:
     """The distilled student with and without memory refinement, and the teacher; `student`
     None evaluates the teacher alone."""
     results = {}
     base = EvalConfig(
         seconds=cfg.eval_seconds,
         identities=cfg.eval_identities,
-        speech_bank=str(data_dir / "speech_eval.npz"),
+        speech_bank=str(eval_bank),
     )
     teacher_cfg = replace(
         base,

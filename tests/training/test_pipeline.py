@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,8 +70,13 @@ def main_run(tmp_path_factory):
 
 
 def test_pipeline_runs_every_stage_and_evaluates(main_run):
-    _, _, summary = main_run
+    data, _, summary = main_run
     assert summary["stage3"]["steps"] > 0 and summary["stage3_dmd"]["steps"] > 0
+    # the held-out speech the evaluation read is the workdir's own copy
+    workdir = Path(summary["config"]["workdir"])
+    assert (workdir / "speech_eval.npz").read_bytes() == (data / "speech_eval.npz").read_bytes()
+    config = json.loads((workdir / "eval" / "teacher_12nfe_no_cfg" / "report.json").read_text())
+    assert config["config"]["speech_bank"] == str(workdir / "speech_eval.npz")
     assert set(summary["eval"]) == {
         "distilled_3nfe_refine",
         "distilled_3nfe_no_refine",
@@ -150,6 +156,15 @@ def test_a_continuation_goes_on_training_the_checkpoints_dit(main_run, tmp_path)
         for a, b in zip(went_on.model.parameters(), shipped.model.parameters(), strict=True)
     ]
     assert any(moved)
+
+
+def test_a_run_names_missing_data_before_it_trains(tmp_path):
+    data = _data(tmp_path)
+    (data / "speech_eval.npz").unlink()
+    cfg = PipelineConfig(data=str(data), workdir=str(tmp_path / "w"), **TINY_BUDGETS)
+    with pytest.raises(FileNotFoundError, match=r"lacks speech_eval.npz: make it with"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "w" / "vae").exists()
 
 
 def test_a_continuation_names_what_is_wrong(main_run, tmp_path):
