@@ -172,8 +172,7 @@ def prepare_forward(
 
 def compile_blocks(model: FlowActMMDiT) -> ForwardFn:
     """Compile every block in place; returns a forward that runs other shapes eagerly."""
-    for block in model.blocks:
-        block.compile(dynamic=False)
+    model.compile_blocks()
     frames = model.config.buffer_latents
     set_stance = getattr(torch.compiler, "set_stance", None)
 

@@ -55,6 +55,7 @@ class DistillConfig:
     gen_memory_prob: float = 0.25
     gen_level: tuple[float, float] = (0.15, 0.5)
     ema_decay: float = 0.999
+    compile: bool = False  # torch.compile the teacher's and the student's blocks
 
 
 def guided_velocity(
@@ -166,7 +167,10 @@ def train_distill(
             nn.init.zeros_(student.guidance_embed.mlp[-1].weight)
             nn.init.zeros_(student.guidance_embed.mlp[-1].bias)
     student.train()
-    ema = EMA(student, cfg.ema_decay)
+    ema = EMA(student, cfg.ema_decay)  # before compiling: the copy that is shipped stays plain
+    if cfg.compile:
+        teacher.compile_blocks()
+        student.compile_blocks()
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     state = StageState({"student": student, "ema": ema.model}, {"opt": opt})
     path = workdir / cfg.name / "state.pt" if workdir is not None else None

@@ -69,6 +69,7 @@ class DiffusionConfig:
     refine_every: int = 4
     refine_weight: float = 0.5
     ema_decay: float = 0.999
+    compile: bool = False  # torch.compile the DiT's blocks (each buffer shape compiles once)
 
 
 def sample_levels(
@@ -214,6 +215,8 @@ def train_diffusion(
     if path is not None:
         state.load(path)
     gen = torch.Generator(device).manual_seed(cfg.seed + state.step)
+    if cfg.compile:
+        model.compile_blocks()
     model.train()
     encoder.train(cfg.audio)
 
