@@ -390,6 +390,9 @@ def bench_renderer(
         Optional[float],  # noqa: UP045
         typer.Option(help="Speed vs real time for the sessions sweep (0: unpaced)."),
     ] = None,
+    workers: Annotated[
+        int, typer.Option(help="Renderer processes sharing the device in the sessions sweep.")
+    ] = 1,
 ) -> None:
     """Steady fps, time to first frame and ms per stage; eager vs optimized; sessions per GPU."""
     from flowact.renderer.bench import bench_renderer as run
@@ -407,6 +410,7 @@ def bench_renderer(
             accel=accel,
             vae=vae,
             pace=pace,
+            workers=workers,
         )
     )
     typer.echo(report)

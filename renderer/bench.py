@@ -25,7 +25,7 @@ import gc
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -185,8 +185,13 @@ async def measure(
     accelerated: Accelerated | None = None,
     label: str = "",
     vae: str = "",
+    ready: Callable[[], None] | None = None,
 ) -> RendererBenchReport:
-    """Warm `parts` up, then render `sessions` sessions of `chunks` chunks through the service."""
+    """Warm `parts` up, then render `sessions` sessions of `chunks` chunks through the service.
+
+    `ready`, when given, is called (in a thread) once the warm-up is done, right before the
+    first session request: several worker processes start their sessions together through it.
+    """
     settings = RendererSettings(
         preset=parts.config.name,
         device=device,
@@ -203,6 +208,8 @@ async def measure(
     if accelerated is not None:
         await asyncio.to_thread(capture_batches, accelerated, parts, sessions)
     before = (batcher.stats.forwards, batcher.stats.calls) if batcher else (0, 0)
+    if ready is not None:
+        await asyncio.to_thread(ready)
     peak_memory_gib(device, reset=True)
     profiler = StageTimes(device)
     arrivals = await _serve(parts, settings, profiler, sessions, chunks)
@@ -396,13 +403,25 @@ async def run_sessions_sweep(
     text_encoder: str = "hash",
     steps: Sequence[int] | None = None,
     pace: float = 1.0,
+    workers: int = 1,
 ) -> list[RendererBenchReport]:
     """Concurrent sessions at each step until a step no longer holds 25 fps per session.
 
     Paced (real time, the default) is the question asked: does every session get its chunks
     on time. Unpaced runs say how far the GPU could go, but sessions that start a moment apart
     then race unevenly. One set of parts serves every step, so graphs stay warm.
+
+    `workers > 1` spreads each step's sessions over that many worker processes on the same
+    device, as several renderer workers of one consumer group would share a GPU
+    (`flowact.renderer.bench_workers`).
     """
+    if workers > 1:
+        from flowact.renderer.bench_workers import sweep_in_processes
+
+        # the default steps start where every worker has a session
+        steps = steps or [n for n in session_steps(max_sessions) if n >= workers]
+        args = (preset, device, chunks, accel, text_encoder, pace, steps, workers)
+        return await asyncio.to_thread(sweep_in_processes, *args)
     parts = await asyncio.to_thread(build_parts, preset, device, text_encoder)
     accelerated = accelerate(parts, accel)
     reports: list[RendererBenchReport] = []
@@ -495,11 +514,12 @@ async def bench_renderer(
     baseline_chunks: int = 12,
     small_vae: str = "small",
     pace: float | None = None,
+    workers: int = 1,
 ) -> str:
     """What `flowact bench renderer` prints.
 
     `sessions > 1`: the sessions sweep (batched forwards; `accel` default: `sessions` on CUDA;
-    paced at real time unless `pace` says otherwise).
+    paced at real time unless `pace` says otherwise; over `workers` processes).
     Otherwise, on CUDA by default (`compare`): the end-to-end comparison table, then (`micro`)
     the stage rows. Otherwise one run with the `accel` preset.
     """
@@ -513,7 +533,7 @@ async def bench_renderer(
             config = SESSIONS if cuda else AccelConfig(dtype="float32", batch_sessions=True)
         pace = 1.0 if pace is None else pace
         reports = await run_sessions_sweep(
-            preset, device, sessions, chunks, config, text_encoder, pace=pace
+            preset, device, sessions, chunks, config, text_encoder, pace=pace, workers=workers
         )
         best = max_realtime_sessions(reports)
         sections += [format_table(reports), f"{best} concurrent sessions hold {tb.FPS} fps each"]

@@ -4,6 +4,7 @@ render the same frames batched as alone (tiny preset, CPU)."""
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import threading
 
 import numpy as np
@@ -12,7 +13,13 @@ import torch
 
 from flowact.renderer.accel import AccelConfig, accelerate, silent_plan
 from flowact.renderer.batching import ForwardBatcher, ForwardCall, ready_batch, stack_calls
-from flowact.renderer.bench import build_parts, max_realtime_sessions, run_sessions_sweep
+from flowact.renderer.bench import (
+    RendererBenchReport,
+    build_parts,
+    max_realtime_sessions,
+    run_sessions_sweep,
+)
+from flowact.renderer.bench_workers import merge_reports, share
 from flowact.renderer.engine import RendererParts, SessionRenderer
 from flowact.renderer.microbench import buffer_inputs
 from flowact.renderer.model import FlowActMMDiT
@@ -229,3 +236,59 @@ async def test_sessions_sweep_reports_every_session() -> None:
     assert report.steady_fps == min(report.session_fps) > 0
     assert report.mean_batch is not None and report.mean_batch >= 1
     assert max_realtime_sessions(reports) in (0, 2)
+
+
+def test_sessions_split_evenly_over_workers() -> None:
+    assert [share(5, 2, i) for i in range(2)] == [3, 2]
+    assert [share(8, 3, i) for i in range(3)] == [3, 3, 2]
+    assert sum(share(33, 4, i) for i in range(4)) == 33
+
+
+def test_worker_reports_merge_into_one_step() -> None:
+    def worker(fps: list[float], first: float, forward: float) -> RendererBenchReport:
+        return RendererBenchReport(
+            "tiny", "cpu", 1, (32, 32), 6, first, min(fps), {"forward": forward},
+            label="fp32", sessions=len(fps), session_fps=fps, peak_gpu_gib=1.5, mean_batch=2.0,
+        )  # fmt: skip
+
+    merged = merge_reports(
+        [worker([30.0, 26.0], 0.2, 5.0), worker([40.0], 0.5, 7.0), worker([28.0], 0.1, 9.0)], 3
+    )
+    assert merged.sessions == 4 and merged.session_fps == [30.0, 26.0, 40.0, 28.0]
+    assert merged.steady_fps == 26.0 and merged.first_chunk_s == 0.5
+    assert merged.stage_ms == {"forward": 7.0}  # the median worker's
+    assert merged.peak_gpu_gib == 4.5 and merged.label == "fp32 x3 processes"
+    assert merged.holds_realtime
+    with pytest.raises(ValueError, match="no worker reported"):
+        merge_reports([], 2)
+
+
+async def test_sessions_sweep_over_worker_processes() -> None:
+    config = AccelConfig(dtype="float32", batch_sessions=True, max_wait_ms=50)
+    reports = await run_sessions_sweep("tiny", "cpu", 2, 6, config, steps=[2], pace=0.0, workers=2)
+    [report] = reports
+    assert report.sessions == 2 and len(report.session_fps) == 2
+    assert report.steady_fps == min(report.session_fps) > 0
+    assert "x2 processes" in report.label and "(unpaced)" in report.label
+
+
+async def test_a_failing_worker_names_its_error() -> None:
+    config = AccelConfig(dtype="float32")
+    with pytest.raises(
+        RuntimeError, match="a bench worker failed: worker [01]: KeyError: .*'no-such-preset'"
+    ):
+        await run_sessions_sweep("no-such-preset", "cpu", 2, 6, config, steps=[2], workers=2)
+    with pytest.raises(ValueError, match="each step needs a session for each of 2 workers"):
+        await run_sessions_sweep("tiny", "cpu", 2, 6, config, steps=[1], workers=2)
+
+
+async def test_the_sweep_stops_its_workers_at_the_first_missed_step(monkeypatch) -> None:
+    # in this (the parent) process every step misses; the spawned workers go on to the next
+    # step and wait for it, and must be let go
+    monkeypatch.setattr(RendererBenchReport, "holds_realtime", property(lambda self: False))
+    config = AccelConfig(dtype="float32", batch_sessions=True)
+    reports = await run_sessions_sweep(
+        "tiny", "cpu", 4, 6, config, steps=[2, 4], pace=0.0, workers=2
+    )
+    assert [r.sessions for r in reports] == [2]
+    assert not [p for p in multiprocessing.active_children() if p.is_alive()]
