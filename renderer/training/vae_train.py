@@ -76,6 +76,11 @@ def train_vae(
     path = workdir / "vae" / "state.pt" if workdir is not None else None
     if path is not None:
         state.load(path)
+    budget = min(piece_seconds, cfg.seconds - state.seconds)
+    if state.step > 0 and (budget <= 0 or state.step >= cfg.steps):
+        # nothing to run: the clip length (a reach measurement, seconds for a large VAE) and
+        # the stats stay as they were
+        return vae.eval(), state
     rng = np.random.default_rng(cfg.seed + state.step)
     clip_cfg = world.ClipConfig(chunks=training_chunks(cfg), size=cfg.size)
     log.info("vae_clips", frames=clip_frames(clip_cfg.chunks), batch=cfg.batch)
@@ -95,7 +100,6 @@ def train_vae(
 
     vae.train()
     first = state.step
-    budget = min(piece_seconds, cfg.seconds - state.seconds)
     run_steps(state, step, cfg.steps, path, budget, cfg.save_every, "vae", progress)
     vae.eval()
     if state.step > first or first == 0:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from flowact.renderer.model import FlowActMMDiT
-from flowact.renderer.training import data, world
+from flowact.renderer.training import data, vae_train, world
 from flowact.renderer.training.common import StageState
 from flowact.renderer.training.distill import DistillConfig, distill_loss, train_distill
 from flowact.renderer.training.train import DiffusionConfig, diffusion_loss, train_diffusion
@@ -53,6 +53,20 @@ def test_vae_stage_resumes_and_sets_latent_stats(tmp_path):
     assert not torch.equal(vae.latent_std, torch.ones_like(vae.latent_std))
     vae2, state2 = train_vae(replace(cfg, steps=3), tmp_path, torch.device("cpu"), progress=False)
     assert state2.step == 3 and len(state2.losses) == 3
+
+
+def test_a_finished_vae_stage_loads_without_measuring_again(tmp_path, monkeypatch):
+    cfg = VAETrainConfig(preset="tiny", size=(32, 32), steps=2, batch=1, stats_clips=1)
+    vae, _ = train_vae(cfg, tmp_path, torch.device("cpu"), progress=False)
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("a finished stage measured the VAE's reach again")
+
+    monkeypatch.setattr(vae_train, "training_chunks", no_measuring)
+    again, state = train_vae(cfg, tmp_path, torch.device("cpu"), progress=False)
+    assert state.step == 2 and not again.training
+    for name, value in vae.state_dict().items():
+        assert torch.equal(again.state_dict()[name], value), name
 
 
 def test_vae_trains_on_clips_longer_than_its_reach():
