@@ -21,6 +21,7 @@ Metrics, per `bin_seconds` of stream time and over the whole stream:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -133,7 +134,30 @@ def compare_table(reports: dict[str, EvalReport]) -> str:
     ratios = [_drift_ratio(r) for r in reports.values()] + [_drift_ratio(first, "ground_truth")]
     cells = ["" if v is None else f"{v:.2f}" for v in ratios]
     rows.append("| drift min 5 / min 0.5 | " + " | ".join(cells) + " |")
+    for start, end in ((0, 5), (5, 10)):
+        means = [_drift_mean(r, start, end) for r in reports.values()]
+        means.append(_drift_mean(first, start, end, "ground_truth"))
+        cells = ["" if v is None else f"{v:.3f}" for v in means]
+        rows.append(f"| drift, min {start}-{end} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def _drift_mean(
+    report: EvalReport, start_min: float, end_min: float, which: str = "generated"
+) -> float | None:
+    """Mean drift over the whole bins inside [start, end) minutes of the stream, if the stream
+    covers that span."""
+    seconds = report.config.get("seconds", math.inf)
+    if seconds < end_min * 60 - report.bin_seconds:
+        return None
+    series = report.bins["identity_drift"][which]
+    width = report.bin_seconds
+    inside = [
+        v
+        for i, v in enumerate(series)
+        if i * width >= start_min * 60 and (i + 1) * width <= min(end_min * 60, seconds)
+    ]
+    return float(np.mean(inside)) if inside else None
 
 
 def _drift_ratio(report: EvalReport, which: str = "generated") -> float | None:

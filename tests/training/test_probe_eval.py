@@ -158,19 +158,19 @@ def test_shipped_checkpoint_starts_from_its_reference():
     assert (dist.argmin(1) == np.arange(4)).all()
 
 
-def _report(drift: list[float], lipsync: float) -> EvalReport:
+def _report(drift: list[float], lipsync: float, seconds: float = 600.0) -> EvalReport:
     bins = {"identity_drift": {"generated": drift, "ground_truth": [0.5] * len(drift)}}
     overall = {
         "lipsync": {"generated": lipsync, "ground_truth": 0.97},
         "identity_drift": {"generated": float(np.mean(drift)), "ground_truth": 0.5},
     }
-    return EvalReport(overall, bins, 30.0, {})
+    return EvalReport(overall, bins, 30.0, {"seconds": seconds})
 
 
 def test_reports_compare_side_by_side(tmp_path):
     # 30 s bins: bin 1 holds minute 0.5, bin 10 minute 5
-    rising = _report([1.0, 2.0] + [3.0] * 8 + [5.0], 0.25)
-    short = _report([1.0, 1.5, 1.5], -0.125)  # ends before minute 5: no ratio
+    rising = _report([1.0, 2.0] + [3.0] * 8 + [5.0] * 10, 0.25)
+    short = _report([1.0, 1.5, 1.5], -0.125, seconds=90.0)  # ends before minute 5: no ratio
     (tmp_path / "rising").mkdir()
     (tmp_path / "rising" / "report.json").write_text(rising.to_json())
     loaded = EvalReport.load(tmp_path / "rising")
@@ -178,7 +178,9 @@ def test_reports_compare_side_by_side(tmp_path):
     table = compare_table({"rising": loaded, "short": short}).splitlines()
     assert table[0] == "| metric | rising | short | ground truth |"
     assert "| lipsync | 0.250 | -0.125 | 0.970 |" in table
-    assert table[-1] == "| drift min 5 / min 0.5 | 2.50 |  | 1.00 |"
+    assert table[-3] == "| drift min 5 / min 0.5 | 2.50 |  | 1.00 |"
+    assert table[-2] == "| drift, min 0-5 | 2.700 |  | 0.500 |"
+    assert table[-1] == "| drift, min 5-10 | 5.000 |  | 0.500 |"
     png = plot_comparison({"rising": loaded, "short": short}, "identity_drift", tmp_path / "d.png")
     assert png.stat().st_size > 0
     with pytest.raises(FileNotFoundError, match="no evaluation report at"):
