@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
@@ -80,8 +81,9 @@ class PipelineConfig:
     eval_identities: int = 4
     teacher_eval_seconds: float = 120.0
     device: str | None = None
-    # an exported checkpoint whose VAE and probe a new workdir starts from (ablations share the
-    # latent space and the instrument of the run they are compared with); empty = train them
+    # an exported checkpoint whose VAE and probe a new workdir starts from, or another run's
+    # workdir whose VAE, probe and latents it takes (ablations share the latent space and the
+    # instrument of the run they are compared with); empty = train them
     init_from: str = ""
     # with init_from: its DiT and audio encoder too, in place of stage 1 (stage 2 goes on from
     # them), so that DiT training adds up over runs on machines that do not last
@@ -123,7 +125,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     table = torch.load(data_dir / "text_table.pt", map_location="cpu").to(device)
     size = (get_preset(cfg.preset).height, get_preset(cfg.preset).width)
     if cfg.init_from:
-        _seed_from_checkpoint(work, cfg)
+        _seed(work, cfg)
 
     def left() -> float:
         return max(0.0, cfg.deadline - (time.monotonic() - start))
@@ -267,6 +269,52 @@ def _take_data(data_dir: Path, work: Path) -> Path:
     if not kept.is_file():
         shutil.copyfile(data_dir / "speech_eval.npz", kept)
     return kept
+
+
+SEEDED_FROM_WORKDIR = ("vae/state.pt", "probe.pt", "latents.pt")
+
+
+def _seed(work: Path, cfg: PipelineConfig) -> None:
+    """Start a fresh `work` from `init_from`: an exported checkpoint or another run's workdir."""
+    source = Path(cfg.init_from)
+    if (source / "index.json").is_file():
+        _seed_from_checkpoint(work, cfg)
+    elif (source / "vae" / "state.pt").is_file():
+        _seed_from_workdir(work, source, cfg)
+    else:
+        raise FileNotFoundError(
+            f"{source} is neither an exported checkpoint (index.json) nor a work directory "
+            "(vae/state.pt)"
+        )
+
+
+def _seed_from_workdir(work: Path, source: Path, cfg: PipelineConfig) -> None:
+    """Take another run's VAE, probe and latents as they are, so that an ablation can start as
+    soon as that run has made its latents, beside it on the same machine."""
+    if cfg.init_dit:
+        raise ValueError(f"init_dit takes an exported checkpoint's DiT; {source} is a workdir")
+    if (work / "vae" / "state.pt").is_file():
+        return
+    missing = [name for name in SEEDED_FROM_WORKDIR if not (source / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{source} has not made {', '.join(missing)} yet")
+    (work / "vae").mkdir(parents=True, exist_ok=True)
+    for name in ("probe.pt", "latents.pt"):
+        _link_or_copy(source / name, work / name)
+    # the VAE stage as finished, whatever this run's own VAE budget is
+    blob = torch.load(source / "vae" / "state.pt", map_location="cpu", weights_only=False)
+    blob["seconds"] = max(blob["seconds"], cfg.vae_seconds)
+    tmp = work / "vae" / "state.tmp"
+    torch.save(blob, tmp)
+    tmp.replace(work / "vae" / "state.pt")
+    log.info("workdir_seeded", source=str(source), workdir=str(work))
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)  # the latents are hundreds of MB: share them where the disk allows
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def _seed_from_checkpoint(work: Path, cfg: PipelineConfig) -> None:

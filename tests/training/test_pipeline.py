@@ -130,6 +130,52 @@ def test_an_ablation_shares_the_vae_and_probe(main_run, tmp_path):
     assert saved["config"]["gen_memory_prob"] == 0.0
 
 
+def test_an_ablation_starts_from_a_running_workdir(main_run, tmp_path):
+    data, _, summary = main_run
+    source = Path(summary["config"]["workdir"])
+    ablation = PipelineConfig(
+        data=str(data),
+        workdir=str(tmp_path / "abl"),
+        checkpoint=str(tmp_path / "abl_ckpt"),
+        init_from=str(source),
+        staggered_prob=0.0,
+        **{**TINY_BUDGETS, "vae_seconds": 50.0, "stage3_seconds": 0.0, "dmd_seconds": 0.0},
+    )
+    result = run_pipeline(ablation)
+    assert result["stage2"]["steps"] > 0 and "latents" not in result  # its latents were taken
+    for name in ("probe.pt", "latents.pt"):
+        assert (tmp_path / "abl" / name).read_bytes() == (source / name).read_bytes(), name
+    mine = torch.load(tmp_path / "abl" / "vae" / "state.pt", weights_only=False)
+    theirs = torch.load(source / "vae" / "state.pt", weights_only=False)
+    assert mine["step"] == theirs["step"]  # a larger VAE budget here trained nothing more
+    for name, value in theirs["modules"]["vae"].items():
+        assert torch.equal(mine["modules"]["vae"][name], value), name
+
+
+def test_init_from_names_what_it_cannot_start_from(main_run, tmp_path):
+    data, _, summary = main_run
+    half = tmp_path / "half"
+    (half / "vae").mkdir(parents=True)
+    (half / "vae" / "state.pt").write_bytes(b"")
+    runs = {
+        "nothing": (tmp_path / "empty", "is neither an exported checkpoint"),
+        "half": (half, "has not made probe.pt, latents.pt yet"),
+    }
+    (tmp_path / "empty").mkdir()
+    for source, message in runs.values():
+        cfg = PipelineConfig(
+            data=str(data), workdir=str(tmp_path / "w"), init_from=str(source), **TINY_BUDGETS
+        )
+        with pytest.raises(FileNotFoundError, match=message):
+            run_pipeline(cfg)
+    workdir = summary["config"]["workdir"]
+    cfg = PipelineConfig(
+        data=str(data), workdir=str(tmp_path / "w"), init_from=workdir, init_dit=True
+    )
+    with pytest.raises(ValueError, match="init_dit takes an exported checkpoint's DiT"):
+        run_pipeline(cfg)
+
+
 def test_a_continuation_goes_on_training_the_checkpoints_dit(main_run, tmp_path):
     data, ckpt, _ = main_run
     shipped = load_checkpoint(ckpt)
