@@ -440,10 +440,20 @@ def train_run(
     deadline: Annotated[
         float, typer.Option(help="Seconds this piece may run; run again to go on.")
     ] = float("inf"),
+    init_from: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="A checkpoint or another run's workdir to take the VAE and probe from."),
+    ] = None,
+    init_dit: Annotated[
+        bool, typer.Option(help="With --init-from CHECKPOINT: go on training its DiT too.")
+    ] = False,
+    compile_dit: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the DiT blocks (stages 1-3).")
+    ] = False,
     device: DeviceOption = None,
 ) -> None:
     """VAE, probe, stages 1-3 and evaluation; resumes from `--workdir`."""
-    from flowact.renderer.training.pipeline import PipelineConfig, run_pipeline
+    from flowact.renderer.training.pipeline import PipelineConfig, check_config, run_pipeline
 
     config = PipelineConfig(
         preset=preset,
@@ -452,7 +462,14 @@ def train_run(
         checkpoint=str(checkpoint),
         deadline=deadline,
         device=device,
+        init_from=str(init_from) if init_from else "",
+        init_dit=init_dit,
+        compile=compile_dit,
     )
+    try:
+        check_config(config)
+    except (FileNotFoundError, ValueError) as err:
+        raise typer.BadParameter(str(err)) from None
     typer.echo(json.dumps(run_pipeline(config), indent=1, default=str))
 
 

@@ -95,3 +95,16 @@ def test_every_command_the_readme_shows_exists() -> None:
     for command in sorted(shown):
         done = run(*command.split(), "--help")
         assert done.returncode == 0, f"README shows `flowact {command}`: {done.stderr}"
+
+
+def test_train_run_names_a_bad_start_before_it_trains(tmp_path: Path) -> None:
+    wide = {**os.environ, "COLUMNS": "400"}  # the error box would wrap the long path
+    done = run(
+        "train", "run", "--data", str(tmp_path / "none"), "--workdir", str(tmp_path / "w"), env=wide
+    )
+    assert done.returncode == 2 and "lacks speech_train.npz" in done.stderr
+    assert not (tmp_path / "w").exists()
+    module = [sys.executable, "-m", "flowact.renderer.training.pipeline", "run"]
+    args = ["--data", str(tmp_path / "none"), "--workdir", str(tmp_path / "w")]
+    done = subprocess.run([*module, *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "lacks speech_train.npz" in done.stderr

@@ -41,6 +41,7 @@ from flowact.renderer.training.export import Bundle, export_checkpoint, load_che
 from flowact.renderer.training.probe import PoseProbe, ProbeConfig, ProbeTrainConfig, train_probe
 from flowact.renderer.training.train import DiffusionConfig, train_diffusion
 from flowact.renderer.training.vae_train import VAETrainConfig, train_vae
+from flowact.renderer.weights import read_index
 
 log = structlog.get_logger(__name__)
 
@@ -108,8 +109,7 @@ def prepare_data(out: str | Path, preset: str = "demo", train_sentences: int = 1
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
     """Run (or continue) every stage; returns a summary written to `workdir/summary.json`."""
-    if cfg.init_dit and not cfg.init_from:
-        raise ValueError("init_dit needs init_from: the checkpoint whose DiT to start from")
+    check_config(cfg)
     start = time.monotonic()
     device = pick_device(cfg.device)
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -254,33 +254,34 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
 
 DATA_FILES = ("speech_train.npz", "speech_eval.npz", "text_table.pt")
+SEEDED_FROM_WORKDIR = ("vae/state.pt", "probe.pt", "latents.pt")
 
 
-def _take_data(data_dir: Path, work: Path) -> Path:
-    """Check that `prepare_data` made every input, and keep the held-out speech in `work`: the
-    evaluation at the end of a run reads it from there, whatever became of `data_dir`."""
+def check_config(cfg: PipelineConfig) -> None:
+    """What a run needs before it starts: the prepared data, and a source it can start from.
+    Raises `FileNotFoundError` or `ValueError` naming what is wrong (before any training)."""
+    data_dir = Path(cfg.data)
     missing = [name for name in DATA_FILES if not (data_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(
             f"{data_dir} lacks {', '.join(missing)}: make it with `python -m "
             f"flowact.renderer.training.pipeline prepare --data {data_dir}`"
         )
-    kept = work / "speech_eval.npz"
-    if not kept.is_file():
-        shutil.copyfile(data_dir / "speech_eval.npz", kept)
-    return kept
-
-
-SEEDED_FROM_WORKDIR = ("vae/state.pt", "probe.pt", "latents.pt")
-
-
-def _seed(work: Path, cfg: PipelineConfig) -> None:
-    """Start a fresh `work` from `init_from`: an exported checkpoint or another run's workdir."""
-    source = Path(cfg.init_from)
+    if cfg.init_dit and not cfg.init_from:
+        raise ValueError("init_dit needs init_from: the checkpoint whose DiT to start from")
+    if not cfg.init_from:
+        return
+    source, seeded = Path(cfg.init_from), (Path(cfg.workdir) / "vae" / "state.pt").is_file()
     if (source / "index.json").is_file():
-        _seed_from_checkpoint(work, cfg)
+        name = read_index(source)["parts"]["dit"]["config"]["name"]
+        if cfg.init_dit and name != cfg.preset:
+            raise ValueError(f"{source} holds a {name!r} DiT; this run trains {cfg.preset!r}")
     elif (source / "vae" / "state.pt").is_file():
-        _seed_from_workdir(work, source, cfg)
+        if cfg.init_dit:
+            raise ValueError(f"init_dit takes an exported checkpoint's DiT; {source} is a workdir")
+        missing = [name for name in SEEDED_FROM_WORKDIR if not (source / name).is_file()]
+        if missing and not seeded:
+            raise FileNotFoundError(f"{source} has not made {', '.join(missing)} yet")
     else:
         raise FileNotFoundError(
             f"{source} is neither an exported checkpoint (index.json) nor a work directory "
@@ -288,16 +289,30 @@ def _seed(work: Path, cfg: PipelineConfig) -> None:
         )
 
 
+def _take_data(data_dir: Path, work: Path) -> Path:
+    """Keep the held-out speech in `work`: the evaluation at the end of a run reads it from
+    there, whatever became of `data_dir`."""
+    kept = work / "speech_eval.npz"
+    if not kept.is_file():
+        shutil.copyfile(data_dir / "speech_eval.npz", kept)
+    return kept
+
+
+def _seed(work: Path, cfg: PipelineConfig) -> None:
+    """Start a fresh `work` from `init_from` (checked by `check_config`): an exported checkpoint
+    or another run's workdir."""
+    source = Path(cfg.init_from)
+    if (source / "index.json").is_file():
+        _seed_from_checkpoint(work, cfg)
+    else:
+        _seed_from_workdir(work, source, cfg)
+
+
 def _seed_from_workdir(work: Path, source: Path, cfg: PipelineConfig) -> None:
     """Take another run's VAE, probe and latents as they are, so that an ablation can start as
     soon as that run has made its latents, beside it on the same machine."""
-    if cfg.init_dit:
-        raise ValueError(f"init_dit takes an exported checkpoint's DiT; {source} is a workdir")
     if (work / "vae" / "state.pt").is_file():
         return
-    missing = [name for name in SEEDED_FROM_WORKDIR if not (source / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{source} has not made {', '.join(missing)} yet")
     (work / "vae").mkdir(parents=True, exist_ok=True)
     for name in ("probe.pt", "latents.pt"):
         _link_or_copy(source / name, work / name)
@@ -329,10 +344,6 @@ def _seed_from_checkpoint(work: Path, cfg: PipelineConfig) -> None:
     bundle = load_checkpoint(checkpoint)
     if bundle.probe is None:
         raise ValueError(f"{checkpoint} holds no probe to start from")
-    if cfg.init_dit and bundle.config.name != cfg.preset:
-        raise ValueError(
-            f"{checkpoint} holds a {bundle.config.name!r} DiT; this run trains {cfg.preset!r}"
-        )
     # the exported weights are bf16; stored back in fp32 as a trained stage would hold them
     if not vae_path.is_file():
         StageState({"vae": bundle.vae.float()}, step=1, seconds=cfg.vae_seconds).save(vae_path)
@@ -456,8 +467,12 @@ def main() -> None:
     if args.cmd == "prepare":
         prepare_data(args.data, args.preset)
     else:
-        fields = {k: getattr(args, k) for k in asdict(PipelineConfig())}
-        print(json.dumps(run_pipeline(PipelineConfig(**fields)), indent=1, default=str))  # noqa: T201
+        config = PipelineConfig(**{k: getattr(args, k) for k in asdict(PipelineConfig())})
+        try:
+            check_config(config)
+        except (FileNotFoundError, ValueError) as err:
+            run.error(str(err))  # exits 2 with the usage line, as argparse does
+        print(json.dumps(run_pipeline(config), indent=1, default=str))  # noqa: T201
 
 
 if __name__ == "__main__":
