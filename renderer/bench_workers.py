@@ -20,8 +20,8 @@ from dataclasses import dataclass, replace
 
 import structlog
 
-from flowact.renderer.accel import AccelConfig
-from flowact.renderer.bench import RendererBenchReport
+from flowact.renderer.accel import AccelConfig, accelerate
+from flowact.renderer.bench import RendererBenchReport, _vae_name, build_parts, measure
 
 log = structlog.get_logger(__name__)
 
@@ -142,9 +142,6 @@ def _worker(index: int, job: SweepJob, barrier, results, stop) -> None:  # noqa:
 
 
 async def _worker_steps(index: int, job: SweepJob, barrier, results, stop) -> None:  # noqa: ANN001
-    from flowact.renderer.accel import accelerate
-    from flowact.renderer.bench import _vae_name, build_parts, measure
-
     parts = await asyncio.to_thread(build_parts, job.preset, job.device, job.text_encoder)
     accelerated = accelerate(parts, job.accel)
     label = job.accel.label() + (" (paced)" if job.pace else " (unpaced)")

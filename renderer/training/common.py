@@ -39,6 +39,15 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+def save_atomically(blob: object, path: Path) -> None:
+    """`torch.save` to a temporary file beside `path`, then rename: a piece cut off mid-save
+    leaves the last complete state."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(blob, tmp)
+    tmp.replace(path)
+
+
 @dataclass
 class StageState:
     """What a stage saves: its modules and optimizers by name, the step, the loss history."""
@@ -50,7 +59,6 @@ class StageState:
     seconds: float = 0.0  # wall-clock time spent in this stage over all pieces
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         blob = {
             "modules": {k: m.state_dict() for k, m in self.modules.items()},
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
@@ -58,9 +66,7 @@ class StageState:
             "losses": self.losses,
             "seconds": self.seconds,
         }
-        tmp = path.with_suffix(".tmp")
-        torch.save(blob, tmp)
-        tmp.replace(path)
+        save_atomically(blob, path)
 
     def load(self, path: Path) -> bool:
         """Restore from `path` if it exists; returns whether it did."""

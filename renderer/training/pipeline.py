@@ -33,7 +33,7 @@ from flowact.renderer.presets import get_preset
 from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import data as data_mod
 from flowact.renderer.training import speech, world
-from flowact.renderer.training.common import EMA, StageState, pick_device
+from flowact.renderer.training.common import EMA, StageState, pick_device, save_atomically
 from flowact.renderer.training.distill import DistillConfig, train_distill
 from flowact.renderer.training.dmd import DMDConfig, train_dmd
 from flowact.renderer.training.evaluate import EvalConfig, run_eval
@@ -313,15 +313,13 @@ def _seed_from_workdir(work: Path, source: Path, cfg: PipelineConfig) -> None:
     soon as that run has made its latents, beside it on the same machine."""
     if (work / "vae" / "state.pt").is_file():
         return
-    (work / "vae").mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
     for name in ("probe.pt", "latents.pt"):
         _link_or_copy(source / name, work / name)
     # the VAE stage as finished, whatever this run's own VAE budget is
     blob = torch.load(source / "vae" / "state.pt", map_location="cpu", weights_only=False)
     blob["seconds"] = max(blob["seconds"], cfg.vae_seconds)
-    tmp = work / "vae" / "state.tmp"
-    torch.save(blob, tmp)
-    tmp.replace(work / "vae" / "state.pt")
+    save_atomically(blob, work / "vae" / "state.pt")
     log.info("workdir_seeded", source=str(source), workdir=str(work))
 
 
