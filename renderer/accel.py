@@ -26,7 +26,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import structlog
 import torch
 from torch import Tensor
@@ -37,8 +36,7 @@ from flowact.renderer.engine import RendererParts, SessionRenderer
 from flowact.renderer.fp8 import FP8_TARGETS, convert_to_fp8, fp8_supported
 from flowact.renderer.model import FlowActMMDiT
 from flowact.renderer.stream import ForwardFn
-from flowact.renderer.timeline import ChunkPlan
-from flowact.schemas import timebase as tb
+from flowact.renderer.timeline import silent_plan
 
 log = structlog.get_logger(__name__)
 
@@ -355,11 +353,6 @@ def example_inputs(parts: RendererParts) -> list[tuple[tuple[Tensor, ...], int]]
 # ----------------------------------------------------------------------------------------- warmup
 
 
-def silent_plan(index: int) -> ChunkPlan:
-    """A chunk of silence with no prompts."""
-    return ChunkPlan(index, np.zeros(tb.SAMPLES_PER_CHUNK, np.float32), {}, False)
-
-
 def warmup(parts: RendererParts, chunks: int, refine_every: int = 0) -> float:
     """Run a throwaway session for `chunks` chunks (decoding each); returns seconds taken.
 
@@ -370,7 +363,5 @@ def warmup(parts: RendererParts, chunks: int, refine_every: int = 0) -> float:
     session.start(None, [silent_plan(i) for i in range(session.lookahead)])
     for index in range(chunks):
         session.decode(session.step(silent_plan(index + session.lookahead)))
-    close = getattr(session.generator.forward, "close", None)
-    if close is not None:
-        close()  # a batch client: the batcher stops counting this session
+    session.close()
     return time.perf_counter() - started

@@ -23,10 +23,8 @@ import asyncio
 import copy
 import gc
 import math
-import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -189,8 +187,9 @@ async def measure(
 ) -> RendererBenchReport:
     """Warm `parts` up, then render `sessions` sessions of `chunks` chunks through the service.
 
-    `ready`, when given, is called (in a thread) once the warm-up is done, right before the
-    first session request: several worker processes start their sessions together through it.
+    `ready`, when given, is called (in a thread) once the warm-up is done and the worker takes
+    sessions, right before the first session request: several worker processes start their
+    sessions together through it.
     """
     settings = RendererSettings(
         preset=parts.config.name,
@@ -200,7 +199,6 @@ async def measure(
         capacity=sessions,
         text_encoder="hash",
     )
-    await _use_threads(3 * sessions + 8, device)
     warm_s = await asyncio.to_thread(
         warmup, parts, settings.refine_every + 1, settings.refine_every
     )
@@ -208,11 +206,8 @@ async def measure(
     if accelerated is not None:
         await asyncio.to_thread(capture_batches, accelerated, parts, sessions)
     before = (batcher.stats.forwards, batcher.stats.calls) if batcher else (0, 0)
-    if ready is not None:
-        await asyncio.to_thread(ready)
-    peak_memory_gib(device, reset=True)
     profiler = StageTimes(device)
-    arrivals = await _serve(parts, settings, profiler, sessions, chunks)
+    arrivals = await _serve(parts, settings, profiler, sessions, chunks, ready)
     fps = [_steady_fps(a) for a in arrivals]
     mean_batch = None
     if batcher is not None:
@@ -245,48 +240,24 @@ def _steady_fps(arrivals: Sequence[float]) -> float:
     return (len(steady) - 1) * tb.FRAMES_PER_CHUNK / (steady[-1] - steady[0])
 
 
-async def _use_threads(count: int, device: str) -> None:
-    """Each session holds a thread for its forward and one for its decode: the loop's default
-    executor (min(32, cores + 4) threads) would cap how many sessions run at once.
-
-    On CUDA every thread of the new pool first runs a small conv and matmul, so that it makes
-    its cuDNN and cuBLAS handles before the clock starts. In a 16-session run without this, all
-    sessions but the first got their first chunk together 23 s late, which fits library handles
-    made one at a time in fresh threads; that cause is inferred, not confirmed.
-    """
-    loop = asyncio.get_running_loop()
-    if count <= getattr(loop, "_flowact_threads", 0):
-        return
-    pool = ThreadPoolExecutor(count, "bench")
-    if torch.device(device).type == "cuda":
-        barrier = threading.Barrier(count)  # one task per thread: each waits for all the others
-        primed = [loop.run_in_executor(pool, _prime_thread, barrier, device) for _ in range(count)]
-        await asyncio.gather(*primed)
-    loop.set_default_executor(pool)
-    loop._flowact_threads = count  # type: ignore[attr-defined]
-
-
-def _prime_thread(barrier: threading.Barrier, device: str) -> None:
-    barrier.wait(timeout=120)
-    with torch.inference_mode():
-        x = torch.randn(1, 8, 3, 8, 8, device=device, dtype=torch.bfloat16)
-        torch.nn.functional.conv3d(x, torch.randn(8, 8, 3, 3, 3, device=device, dtype=x.dtype))
-        x.flatten(1) @ x.flatten(1).T
-    torch.cuda.synchronize(device)
-
-
 async def _serve(
     parts: RendererParts,
     settings: RendererSettings,
     profiler: StageTimes,
     sessions: int,
     chunks: int,
+    ready: Callable[[], None] | None = None,
 ) -> list[list[float]]:
-    """Per session, seconds from its request to each of its first `chunks` chunks."""
+    """Per session, seconds from its request to each of its first `chunks` chunks; `ready` is
+    called (in a thread) once the worker takes sessions, right before the first request."""
     bus = MemoryBus()
     service = RendererService(bus, settings, BusSettings(url="memory://"), parts, profiler)
     stop = asyncio.Event()
     worker = asyncio.create_task(service.run(stop))
+    await _until_ready(service, worker)
+    if ready is not None:
+        await asyncio.to_thread(ready)
+    peak_memory_gib(parts.device, reset=True)
     names = [f"bench-{i}" for i in range(sessions)]
     for name in names:
         await _feed_speech(bus, name, chunks)
@@ -306,6 +277,15 @@ async def _serve(
         stop.set()
         await worker
     return list(arrivals)
+
+
+async def _until_ready(service: RendererService, worker: asyncio.Task) -> None:
+    """Sessions are requested once the worker takes them, as a running worker would be."""
+    ready = asyncio.create_task(service.ready.wait())
+    await asyncio.wait({ready, worker}, return_when=asyncio.FIRST_COMPLETED)
+    if not ready.done():
+        ready.cancel()
+        await worker  # it ended before it was ready: its error is the bench's
 
 
 async def _feed_speech(bus: MemoryBus, session: str, chunks: int) -> None:

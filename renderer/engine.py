@@ -32,8 +32,9 @@ from flowact.renderer.presets import BEHAVIOR_CHANNELS, RendererConfig, get_pres
 from flowact.renderer.sampler import FlowMatchEulerSampler
 from flowact.renderer.stream import ForwardFn, StreamConfig, StreamingGenerator
 from flowact.renderer.text import HashTextEncoder, MiniLMTextEncoder
-from flowact.renderer.timeline import ChunkPlan
+from flowact.renderer.timeline import ChunkPlan, silent_plan
 from flowact.renderer.weights import load_into, read_sampling, shipped_checkpoint
+from flowact.schemas import timebase as tb
 
 log = structlog.get_logger(__name__)
 
@@ -152,6 +153,36 @@ class SessionRenderer:
     @torch.inference_mode()
     def start(self, image: np.ndarray | None, plans: Sequence[ChunkPlan]) -> None:
         """Reference image `[H, W, 3]` uint8 (None: mid-grey) and the first `lookahead` plans."""
+        reference = self._encode_reference(image)
+        self._audio_stream.reset()
+        self._groups.reset()
+        self._snapshots.clear()
+        generator = torch.Generator(self.parts.device).manual_seed(self.seed)
+        self.generator.start(reference, [self._condition(p) for p in plans], generator)
+
+    @torch.inference_mode()
+    def prime(self, chunks: int = 2) -> None:
+        """Run a session's convolutions once on the calling thread: the reference encode, the
+        audio encoder, and `chunks` streaming decodes (the DiT, which has none, is not run).
+
+        PyTorch keeps cuDNN's conv plans per thread (cuDNN does not promise they are safe to
+        share), so a thread's first decode plans, and with `cudnn.benchmark` times, every conv
+        of the VAE again: seconds on a GPU. A worker primes the threads that run sessions.
+        """
+        reference = self._encode_reference(None)  # [1, 1, C, h, w]
+        latents = reference.expand(-1, tb.LATENTS_PER_CHUNK, -1, -1, -1)  # [1, L, C, h, w]
+        for index in range(chunks):
+            self._condition(silent_plan(index))
+            self.decode(latents)
+
+    def close(self) -> None:
+        """Release the session's forward: a batch client stops counting as a live session."""
+        close = getattr(self.generator.forward, "close", None)
+        if close is not None:
+            close()
+
+    def _encode_reference(self, image: np.ndarray | None) -> Tensor:
+        """The reference's latent `[1, 1, C, h, w]`; the decoder is reset and primed with it."""
         cfg = self.parts.config
         if image is None:
             image = np.full((cfg.height, cfg.width, 3), 128, np.uint8)
@@ -168,11 +199,7 @@ class SessionRenderer:
             self._decoder.push(reference)
         if self._stream is not None:
             reference.record_stream(self._stream)  # read there: keep its memory until done
-        self._audio_stream.reset()
-        self._groups.reset()
-        self._snapshots.clear()
-        generator = torch.Generator(self.parts.device).manual_seed(self.seed)
-        self.generator.start(reference, [self._condition(p) for p in plans], generator)
+        return reference
 
     @torch.inference_mode()
     def step(self, entering: ChunkPlan) -> Tensor:

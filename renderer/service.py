@@ -28,6 +28,7 @@ from flowact.renderer.accel import ACCEL_PRESETS, Accelerated, accelerate, warmu
 from flowact.renderer.engine import RendererParts, SessionRenderer
 from flowact.renderer.media import encode_jpeg, load_reference
 from flowact.renderer.profiling import StageTimes, no_profile
+from flowact.renderer.threads import PrimedPool
 from flowact.renderer.timeline import ChunkPlan, SessionTimeline, TimelineError
 from flowact.schemas import codec
 from flowact.schemas import timebase as tb
@@ -77,6 +78,8 @@ class RendererService:
         self.profiler = profiler
         self.name = worker_name(settings)
         self.runners: dict[str, SessionRunner] = {}
+        self.threads: PrimedPool | None = None
+        self.ready = asyncio.Event()  # set once the worker takes sessions
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve sessions until `stop` is set."""
@@ -89,6 +92,7 @@ class RendererService:
                 text_encoder=self.settings.text_encoder,
             )
         accelerated = await asyncio.to_thread(self._accelerate)
+        self.threads = await asyncio.to_thread(self._threads)
         log.info(
             "renderer worker ready",
             worker=self.name,
@@ -106,9 +110,12 @@ class RendererService:
             )
             for slot in range(self.settings.capacity)
         ]
+        self.ready.set()
         try:
             await asyncio.gather(*slots)
         finally:
+            self.ready.clear()
+            self.threads.close()
             if accelerated is not None:
                 accelerated.close()
 
@@ -122,6 +129,20 @@ class RendererService:
         seconds = warmup(self.parts, max(2, self.settings.refine_every), self.settings.refine_every)
         log.info("renderer warmed up", accel=self.settings.accel, seconds=round(seconds, 1))
         return accelerated
+
+    def _threads(self) -> PrimedPool:
+        """A thread per slot for its forwards and one for its decodes; on a GPU each has run
+        a session's convs first (`renderer/threads.py` says why)."""
+        parts = self.parts
+        assert parts is not None
+
+        def prime() -> None:
+            session = SessionRenderer(parts)
+            session.prime()
+            session.close()
+
+        on_gpu = parts.device.type == "cuda"
+        return PrimedPool(2 * self.settings.capacity, prime if on_gpu else None)
 
     async def _take(self, entry: Entry, stop: asyncio.Event) -> None:
         try:
@@ -151,9 +172,15 @@ class RendererService:
                 ErrorEvent(reason=reason, field="session", stream=entry.stream, entry_id=entry.id),
             )
             return
-        assert self.parts is not None
+        assert self.parts is not None and self.threads is not None
         runner = SessionRunner(
-            self.bus, request, self.parts, self.settings, self.bus_settings, self.profiler
+            self.bus,
+            request,
+            self.parts,
+            self.threads,
+            self.settings,
+            self.bus_settings,
+            self.profiler,
         )
         self.runners[request.session] = runner
         try:
@@ -182,6 +209,7 @@ class SessionRunner:
         bus: Bus,
         request: SessionRequest,
         parts: RendererParts,
+        threads: PrimedPool,
         settings: RendererSettings,
         bus_settings: BusSettings,
         profiler: StageTimes | None = None,
@@ -190,6 +218,7 @@ class SessionRunner:
         self.session = request.session
         self._stage = profiler.stage if profiler is not None else no_profile
         self.parts = parts
+        self.threads = threads
         self.settings = settings
         self.bus_settings = bus_settings
         self.timeline = SessionTimeline()
@@ -223,6 +252,7 @@ class SessionRunner:
         try:
             await self._render_loop()
         finally:
+            self.renderer.close()
             self.stopped.set()
             watcher.cancel()
             await asyncio.gather(inputs, return_exceptions=True)
@@ -293,7 +323,7 @@ class SessionRunner:
             await self._pace(started, self.chunks)
             await self._refresh(lookahead)
             index = self.chunks
-            latents = await asyncio.to_thread(self._forward, self.timeline.plan(index + lookahead))
+            latents = await self.threads.run(self._forward, self.timeline.plan(index + lookahead))
             if publishing is not None:
                 await publishing  # decode of the previous chunk ran beside this forward
             publishing = asyncio.create_task(self._emit(index, latents, started))
@@ -313,7 +343,7 @@ class SessionRunner:
             image = None
         # Chunk numbering goes on across restarts: the clock belongs to the session.
         plans = [self.timeline.plan(self.chunks + i) for i in range(lookahead)]
-        await asyncio.to_thread(self.renderer.start, image, plans)
+        await self.threads.run(self.renderer.start, image, plans)
         await self._event(
             StateEvent(actor="renderer", state="started", frame=self.timeline.playhead_frame),
         )
@@ -325,7 +355,7 @@ class SessionRunner:
         for event in events:
             await self._event(event)
         plans = [self.timeline.plan(self.chunks + i) for i in range(lookahead)]
-        restarted = await asyncio.to_thread(self.renderer.interrupt, first, plans)
+        restarted = await self.threads.run(self.renderer.interrupt, first, plans)
         log.info("interrupt", session=self.session, first_chunk=first, restarted=restarted)
 
     async def _refresh(self, lookahead: int) -> None:
@@ -334,7 +364,7 @@ class SessionRunner:
         if changed is None or changed >= self.chunks + lookahead:
             return  # nothing changed, or only chunks that have not entered yet
         plans = [self.timeline.plan(self.chunks + i) for i in range(lookahead)]
-        await asyncio.to_thread(self.renderer.refresh, changed, plans)
+        await self.threads.run(self.renderer.refresh, changed, plans)
 
     async def _pace(self, started: float, index: int) -> None:
         if self.settings.pace <= 0:
@@ -355,7 +385,7 @@ class SessionRunner:
             )
 
     async def _emit(self, index: int, latents: Tensor, started: float) -> None:
-        frames = await asyncio.to_thread(self._decode_encode, latents)
+        frames = await self.threads.run(self._decode_encode, latents)
         plan = self.timeline.plan(index)
         chunk = VideoChunk(
             index=index,

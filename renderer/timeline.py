@@ -42,6 +42,11 @@ class ChunkPlan:
     speaking: bool
 
 
+def silent_plan(index: int) -> ChunkPlan:
+    """A chunk of silence with no prompts."""
+    return ChunkPlan(index, np.zeros(tb.SAMPLES_PER_CHUNK, np.float32), {}, False)
+
+
 @dataclass
 class _Utterance:
     id: str

@@ -85,3 +85,16 @@ def test_interrupt_renoises_the_chunks_it_drops(parts) -> None:
     stream = buffer.stream_frames
     assert not torch.equal(buffer.latents[:, stream], before[:, stream])
     assert not any(plan.audio.any() for plan in plans)  # the speech after the cut is gone
+
+
+def test_priming_a_thread_leaves_sessions_as_they_were(parts: RendererParts) -> None:
+    """`prime` runs the shared VAE and audio encoder, and must not change what they render."""
+    before = SessionRenderer(parts, seed=3)
+    renderer, timeline = started(parts)
+    expected = renderer.decode(renderer.step(timeline.plan(renderer.lookahead)))
+    before.prime(chunks=3)
+    before.close()
+    renderer, timeline = started(parts)
+    assert np.array_equal(
+        renderer.decode(renderer.step(timeline.plan(renderer.lookahead))), expected
+    )

@@ -171,6 +171,20 @@ async def test_start_control_restarts_and_keeps_the_clock(parts) -> None:
     await run_service(bus, parts, body)
 
 
+async def test_the_worker_is_ready_with_two_threads_a_slot_until_it_stops(parts) -> None:
+    bus = MemoryBus()
+    seen = {}
+
+    async def body(service) -> None:
+        await asyncio.wait_for(service.ready.wait(), 10)
+        seen["threads"] = service.threads.threads
+        seen["service"] = service
+
+    await run_service(bus, parts, body, capacity=3)
+    assert seen["threads"] == 6
+    assert not seen["service"].ready.is_set()
+
+
 async def test_an_accelerated_worker_warms_up_and_renders() -> None:
     bus = MemoryBus()
     parts = RendererParts.build("tiny", text_encoder="hash")  # accel casts in place: its own
