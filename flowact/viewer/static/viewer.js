@@ -203,8 +203,11 @@ class Player {
     return this.shown ? this.shown.media : null;
   }
 
+  // "playing" once sound and picture of the current run are both out: after a restart the
+  // canvas holds the old run's last frame until the next animation frame draws a new one.
   status() {
-    if (this.running && this.chunkAt(this.heardNow())) return "playing";
+    const drawn = this.shown !== null && this.shown.chunk.run === this.run;
+    if (this.running && drawn && this.chunkAt(this.heardNow())) return "playing";
     return this.lastIndex === null ? "waiting for video" : "buffering";
   }
 }
