@@ -92,7 +92,18 @@ class RendererService:
                 text_encoder=self.settings.text_encoder,
             )
         accelerated = await asyncio.to_thread(self._accelerate)
-        self.threads = await asyncio.to_thread(self._threads)
+        try:
+            self.threads = await asyncio.to_thread(self._threads)
+            try:
+                await self._serve(stop)
+            finally:
+                self.ready.clear()
+                self.threads.close()
+        finally:
+            if accelerated is not None:
+                accelerated.close()
+
+    async def _serve(self, stop: asyncio.Event) -> None:
         log.info(
             "renderer worker ready",
             worker=self.name,
@@ -111,13 +122,7 @@ class RendererService:
             for slot in range(self.settings.capacity)
         ]
         self.ready.set()
-        try:
-            await asyncio.gather(*slots)
-        finally:
-            self.ready.clear()
-            self.threads.close()
-            if accelerated is not None:
-                accelerated.close()
+        await asyncio.gather(*slots)
 
     def _accelerate(self) -> Accelerated | None:
         """Apply the configured optimizations and warm them up before taking sessions, so no
