@@ -3,9 +3,10 @@
 A session's forward and decode run in threads beside the event loop. PyTorch keeps cuDNN's conv
 plans per thread, so a thread that has never run the VAE plans (and with `cudnn.benchmark`,
 times) every one of its convs on its first decode. On an H200, 8 `demo` sessions in one worker
-on the loop's default executor waited 11 to 12 s for their first chunks, and stalled again each time
-a decode met a thread it had not run on. A `PrimedPool` has a fixed set of threads, and every
-one of them has run `prime` (a session's convs, `SessionRenderer.prime`) before it takes work.
+on the loop's default executor waited 11 to 12 s for their first chunks, and stalled again each
+time a decode met a thread it had not run on. A `PrimedPool` has a fixed set of threads, and
+every one of them has run `prime` (a session's convs, `SessionRenderer.prime`) before it takes
+work.
 """
 
 from __future__ import annotations
