@@ -13,7 +13,11 @@
   life (buffer and refinement);
 - `batch_sessions`: the forwards of concurrent sessions run as one batched forward
   (`flowact.renderer.batching`), through graphs of a few batch sizes when `cuda_graphs` is on;
-- `decode_stream`: each session decodes on a CUDA stream of its own, beside the next forward.
+- `decode_stream`: each session decodes on a CUDA stream of its own, beside the next forward;
+- `vae_channels_last`, `vae_compile`: the VAE's conv weights in channels-last layouts, and
+  `torch.compile` of its decoder (norms, activations and upsampling fused around the convs);
+- `jpeg`: the frames' encoder (`flowact.renderer.jpeg`): nvJPEG encodes them on the GPU, so
+  only the compressed bytes cross to the host.
 
 `warmup(parts)` then runs a throwaway session so that compilation, graph capture and cuDNN's
 algorithm search happen before the first real session, not in its time to first frame.
@@ -34,6 +38,7 @@ from flowact.renderer.batching import ForwardBatcher
 from flowact.renderer.buffer import StreamBuffer
 from flowact.renderer.engine import RendererParts, SessionRenderer
 from flowact.renderer.fp8 import FP8_TARGETS, convert_to_fp8, fp8_supported
+from flowact.renderer.jpeg import build_jpeg_encoder, check_jpeg_name
 from flowact.renderer.model import FlowActMMDiT
 from flowact.renderer.stream import ForwardFn
 from flowact.renderer.timeline import silent_plan
@@ -61,8 +66,12 @@ class AccelConfig:
     max_wait_ms: float = 20.0  # longest a forward waits for the other sessions
     decode_stream: bool = False  # VAE decode on a CUDA stream per session
     cudnn_benchmark: bool = True  # let cuDNN time its conv algorithms (the VAE) once per shape
+    vae_channels_last: bool = False  # VAE conv weights in NDHWC / NHWC
+    vae_compile: bool = False  # torch.compile of the VAE decoder
+    jpeg: str = "pil"  # pil | pil-<threads> | nvjpeg | auto (nvJPEG where it is available)
 
     def __post_init__(self) -> None:
+        check_jpeg_name(self.jpeg)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.max_batch < 1 or self.max_wait_ms < 0:
@@ -83,15 +92,24 @@ class AccelConfig:
             "fast-accum": bool(self.fp8) and self.fp8_fast_accum,
             "batch": self.batch_sessions,
             "decode-stream": self.decode_stream,
+            "vae-channels-last": self.vae_channels_last,
+            "vae-compile": self.vae_compile,
         }
-        return " ".join(parts + [f"+{name}" for name, on in flags.items() if on])
+        jpeg = [] if self.jpeg == "pil" else [f"jpeg={self.jpeg}"]
+        return " ".join(parts + [f"+{name}" for name, on in flags.items() if on] + jpeg)
 
 
 # what the service runs today on CUDA, and everything on
 BASELINE = AccelConfig(dtype="float32", cudnn_benchmark=False)
 OPTIMIZED = AccelConfig(
-    compile=True, cuda_graphs=True, fp8=FP8_TARGETS, decode_stream=True, attention="split"
-)
+    compile=True,
+    cuda_graphs=True,
+    fp8=FP8_TARGETS,
+    decode_stream=True,
+    attention="split",
+    vae_channels_last=True,
+    vae_compile=True,
+)  # JPEG stays on Pillow: nvJPEG measured no faster end to end (docs/performance.md)
 
 
 # sessions of a small preset: launch overhead and the GIL dominate, so graphs and batching;
@@ -128,6 +146,11 @@ def accelerate(parts: RendererParts, config: AccelConfig) -> Accelerated:
     if parts.device.type == "cuda":
         torch.backends.cudnn.benchmark = config.cudnn_benchmark
     parts.vae.to(DTYPES[config.dtype])
+    if config.vae_channels_last:
+        parts.vae.to_channels_last()
+    if config.vae_compile:
+        parts.vae.decoder.compile()
+    parts.jpeg = build_jpeg_encoder(config.jpeg, parts.device)
     forward, graphs, fp8_layers = prepare_forward(parts.model, config)
     batcher = None
     if config.batch_sessions:
@@ -354,14 +377,17 @@ def example_inputs(parts: RendererParts) -> list[tuple[tuple[Tensor, ...], int]]
 
 
 def warmup(parts: RendererParts, chunks: int, refine_every: int = 0) -> float:
-    """Run a throwaway session for `chunks` chunks (decoding each); returns seconds taken.
+    """Run a throwaway session for `chunks` chunks (decoding and encoding each); returns
+    seconds taken.
 
     Use at least `refine_every` chunks so that the refinement forward is warm too.
     """
     started = time.perf_counter()
     session = SessionRenderer(parts, refine_every=refine_every)
     session.start(None, [silent_plan(i) for i in range(session.lookahead)])
+    on_device = parts.jpeg.on_device
     for index in range(chunks):
-        session.decode(session.step(silent_plan(index + session.lookahead)))
+        frames = session.decode(session.step(silent_plan(index + session.lookahead)), on_device)
+        session.encode_jpeg(frames, quality=85)
     session.close()
     return time.perf_counter() - started

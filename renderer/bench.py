@@ -326,6 +326,10 @@ class Variant:
     chunks: int | None = None  # None: the run's `chunks`
 
 
+# the optimized path with the VAE as it ran before its compilation
+EAGER_VAE = replace(OPTIMIZED, vae_channels_last=False, vae_compile=False)
+
+
 def comparison_variants(baseline_chunks: int, small_vae: str = "small") -> list[Variant]:
     """The end-to-end rows on CUDA: today's service path, bf16 eager, optimised."""
     short = baseline_chunks
@@ -334,6 +338,8 @@ def comparison_variants(baseline_chunks: int, small_vae: str = "small") -> list[
         Variant("service today: fp32 eager", BASELINE, chunks=short),
         Variant("bf16 eager (split attention)", AccelConfig(attention="split"), chunks=short),
         Variant("optimized", OPTIMIZED),
+        Variant("optimized, eager VAE", EAGER_VAE),
+        Variant("optimized, nvJPEG", replace(OPTIMIZED, jpeg="nvjpeg"), chunks=short),
         Variant("optimized, decode on the forward's stream", one_stream, chunks=short),
         Variant(f"optimized, {small_vae} VAE", OPTIMIZED, vae=small_vae),
     ]

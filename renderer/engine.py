@@ -8,7 +8,8 @@ the VAE decode cache and the audio feature streams. Per chunk the service calls 
 
 `flowact.renderer.accel` speeds a `RendererParts` up in place: it may set `forward_factory`
 (each session's buffer forwards go through a CUDA-graph runner or a batcher shared by the
-sessions) and `decode_stream` (on CUDA, decode runs on a stream of its own beside the forward).
+sessions), `decode_stream` (on CUDA, decode runs on a stream of its own beside the forward) and
+`jpeg` (the encoder `SessionRenderer.encode_jpeg` uses: nvJPEG reads the frames on the GPU).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from torch import Tensor
 from flowact.renderer import audio as audio_mod
 from flowact.renderer import vae as vae_mod
 from flowact.renderer.buffer import ChunkCondition
+from flowact.renderer.jpeg import JpegEncoder, PilJpegEncoder
 from flowact.renderer.model import FlowActMMDiT
 from flowact.renderer.presets import BEHAVIOR_CHANNELS, RendererConfig, get_preset
 from flowact.renderer.sampler import FlowMatchEulerSampler
@@ -63,6 +65,7 @@ class RendererParts:
     trained: bool = False
     forward_factory: Callable[[], ForwardFn] | None = None  # one forward callable per session
     decode_stream: bool = False  # on CUDA, each session decodes on a stream of its own
+    jpeg: JpegEncoder = field(default_factory=PilJpegEncoder)  # shared by the sessions
 
     @classmethod
     def build(
@@ -214,8 +217,9 @@ class SessionRenderer:
         return latents
 
     @torch.inference_mode()
-    def decode(self, latents: Tensor) -> np.ndarray:
-        """Clean latents of one chunk (from `step`) -> frames `[12, H, W, 3]` uint8.
+    def decode(self, latents: Tensor, on_device: bool = False) -> np.ndarray | Tensor:
+        """Clean latents of one chunk (from `step`) -> frames `[12, H, W, 3]` uint8: a NumPy
+        array, or with `on_device` a tensor left on the model's device (for nvJPEG).
 
         Calls must keep order. With `decode_stream` it runs on this session's own stream and
         does not wait for forwards queued meanwhile (`step` returned computed latents).
@@ -223,7 +227,19 @@ class SessionRenderer:
         with self._decode_context(after_current=False):
             frames = self._decoder.push(latents)[0]  # [12, 3, H, W]
             pixels = ((frames.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-            return pixels.permute(0, 2, 3, 1).cpu().numpy()  # the copy waits for this stream
+            pixels = pixels.permute(0, 2, 3, 1)  # [12, H, W, 3]
+            if not on_device:
+                return pixels.cpu().numpy()  # the copy waits for this stream
+            pixels = pixels.contiguous()
+            if self._stream is not None:
+                self._stream.synchronize()  # computed, like `step`'s latents: only this stream
+            return pixels
+
+    def encode_jpeg(self, frames: np.ndarray | Tensor, quality: int) -> list[bytes]:
+        """`decode`'s frames -> one JPEG each, through `parts.jpeg`; a GPU encoder runs on
+        this session's decode stream, so it never queues behind another session's forward."""
+        with self._decode_context(after_current=False):
+            return self.parts.jpeg.encode(frames, quality)
 
     def _decode_context(self, after_current: bool) -> contextlib.AbstractContextManager:
         if self._stream is None:

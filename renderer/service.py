@@ -18,7 +18,6 @@ import os
 import socket
 from dataclasses import replace
 
-import numpy as np
 import structlog
 from torch import Tensor
 
@@ -26,7 +25,7 @@ from flowact.bus.base import Bus, ConsumerOptions, Entry, Rejected
 from flowact.bus.typed import publish, report_rejected, session_streams, subscribe
 from flowact.renderer.accel import ACCEL_PRESETS, Accelerated, accelerate, warmup
 from flowact.renderer.engine import RendererParts, SessionRenderer
-from flowact.renderer.media import encode_jpeg, load_reference
+from flowact.renderer.media import load_reference
 from flowact.renderer.profiling import StageTimes, no_profile
 from flowact.renderer.threads import PrimedPool
 from flowact.renderer.timeline import ChunkPlan, SessionTimeline, TimelineError
@@ -430,6 +429,6 @@ class SessionRunner:
 
     def _decode_encode(self, latents: Tensor) -> list[bytes]:
         with self._stage("decode"):
-            frames: np.ndarray = self.renderer.decode(latents)
+            frames = self.renderer.decode(latents, on_device=self.parts.jpeg.on_device)
         with self._stage("encode"):
-            return encode_jpeg(frames, self.jpeg_quality)
+            return self.renderer.encode_jpeg(frames, self.jpeg_quality)

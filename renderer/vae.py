@@ -19,6 +19,7 @@ buffers, which training sets from dataset statistics; the posterior is in the ra
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
@@ -238,17 +239,17 @@ class Upsample(nn.Module):
         self.time_conv = CausalConv3d(channels, 2 * channels, (kt, 1, 1)) if temporal else None
         self.spatial = nn.Conv2d(channels, channels, 3, padding=1)
 
-    def forward(self, x: Tensor, state: CausalState | None = None) -> Tensor:
+    def forward(self, x: Tensor, state: CausalState | None, first: bool) -> Tensor:
+        """`first`: `x` starts with the stream's first latent."""
         if self.time_conv is not None:
-            x = self._double_time(x, state)
+            x = self._double_time(x, state, first)
         x = F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest")  # [B, C, T, 2H, 2W]
         return per_frame(self.spatial, x)
 
-    def _double_time(self, x: Tensor, state: CausalState | None) -> Tensor:
+    def _double_time(self, x: Tensor, state: CausalState | None, first: bool) -> Tensor:
         b, c, t, h, w = x.shape
         y = self.time_conv(x, state).view(b, 2, c, t, h, w)
         y = y.permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * t, h, w)  # [B, C, 2T, H, W]
-        first = state is None or state.latents_seen == 0
         if first:
             y = torch.cat([x[:, :, :1], y[:, :, 2:]], dim=2)  # [B, C, 2T - 1, H, W]
         return y
@@ -311,7 +312,9 @@ class Decoder(nn.Module):
     """Latents `[B, C, 1 + n, h, w]` -> frames `[B, 3, 1 + 4n, 8h, 8w]` (first latent: 1 frame).
 
     A `CausalState` makes it resumable: calling it on consecutive slices of the latents, with
-    one state, yields the consecutive slices of the whole-clip frames.
+    one state, yields the consecutive slices of the whole-clip frames. The network is `body`,
+    which takes whether the call starts the stream as a plain flag, so that `compile` can
+    compile it once per input shape instead of once per stream position.
     """
 
     def __init__(self, cfg: VAEConfig) -> None:
@@ -337,17 +340,26 @@ class Decoder(nn.Module):
         self.conv_out = CausalConv3d(c_in, cfg.image_channels, (kts[0], 3, 3))
 
     def forward(self, z: Tensor, state: CausalState | None = None) -> Tensor:
+        first = state is None or state.latents_seen == 0
+        x = self.body(z, state, first)
+        if state is not None:
+            state.latents_seen += z.shape[2]
+        return x
+
+    def body(self, z: Tensor, state: CausalState | None, first: bool) -> Tensor:
         x = self.conv_in(z, state)
         x = self.mid(x, state)
         for stage in self.levels:
             for block in stage.blocks:
                 x = block(x, state)
             if stage.up is not None:
-                x = stage.up(x, state)
-        x = self.conv_out(F.silu(self.norm_out(x)), state)
-        if state is not None:
-            state.latents_seen += z.shape[2]
-        return x
+                x = stage.up(x, state, first)
+        return self.conv_out(F.silu(self.norm_out(x)), state)
+
+    def compile(self, backend: str | Callable = "inductor") -> None:  # type: ignore[override]
+        """`torch.compile` the network in place: its norms, activations and upsampling fuse
+        around the convs. Two graphs in a stream's life (its first call, then chunks)."""
+        self.body = torch.compile(self.body, backend=backend, dynamic=False)  # type: ignore[method-assign]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,6 +446,15 @@ class CausalVideoVAE(nn.Module):
 
     def decode_stream(self) -> VAEDecodeStream:
         return VAEDecodeStream(self)
+
+    def to_channels_last(self) -> None:
+        """Conv weights in channels-last layouts (NDHWC, NHWC), the layout cuDNN's and
+        Inductor's fast conv kernels work in; the numbers are unchanged."""
+        for param in self.parameters():
+            if param.dim() == 5:
+                param.data = param.data.contiguous(memory_format=torch.channels_last_3d)
+            elif param.dim() == 4:
+                param.data = param.data.contiguous(memory_format=torch.channels_last)
 
     def _check_spatial(self, size: torch.Size) -> None:
         factor = self.config.spatial_factor

@@ -65,8 +65,12 @@ def test_config_validates_and_labels() -> None:
         AccelConfig(dtype="float16")
     with pytest.raises(ValueError, match="max_batch"):
         AccelConfig(max_batch=0)
+    with pytest.raises(ValueError, match="unknown JPEG encoder 'png'"):
+        AccelConfig(jpeg="png")
     label = AccelConfig(attention="flex", compile=True, cuda_graphs=True, fp8=FP8_TARGETS).label()
     assert label == "bf16 flex +compile +graphs +fp8"
+    vae_label = AccelConfig(vae_channels_last=True, vae_compile=True, jpeg="nvjpeg").label()
+    assert vae_label == "bf16 auto +vae-channels-last +vae-compile jpeg=nvjpeg"
     assert ACCEL_PRESETS["default"] is None and ACCEL_PRESETS["optimized"].fp8 == FP8_TARGETS
 
 
@@ -186,6 +190,37 @@ def test_threaded_pil_jpeg_gives_the_same_bytes_in_order() -> None:
     assert PilJpegEncoder(2).encode(torch.from_numpy(frames), 80) == one
     with pytest.raises(ValueError, match="unknown JPEG"):
         build_jpeg_encoder("gif")
+    with pytest.raises(ValueError, match="unknown JPEG"):
+        build_jpeg_encoder("pil-0")
+
+
+def test_auto_jpeg_is_pillow_off_cuda_and_sessions_encode_through_the_parts_encoder() -> None:
+    assert isinstance(build_jpeg_encoder("auto", "cpu"), PilJpegEncoder)
+    parts = build_parts("tiny", "cpu", "hash")
+    accelerate(parts, AccelConfig(dtype="float32", jpeg="pil-2"))
+    assert isinstance(parts.jpeg, PilJpegEncoder) and parts.jpeg.threads == 2
+    session = SessionRenderer(parts, seed=3)
+    session.start(None, [silent_plan(i) for i in range(session.lookahead)])
+    latents = session.step(silent_plan(session.lookahead))
+    on_host = session.decode(latents)
+    session.start(None, [silent_plan(i) for i in range(session.lookahead)])  # same chunk again
+    on_device = session.decode(session.step(silent_plan(session.lookahead)), on_device=True)
+    assert isinstance(on_device, torch.Tensor) and on_device.dtype == torch.uint8
+    np.testing.assert_array_equal(on_device.numpy(), on_host)
+    jpegs = session.encode_jpeg(on_device, quality=90)
+    assert len(jpegs) == 12 and decode_jpeg(jpegs[0]).shape == (32, 32, 3)
+
+
+@needs_cuda
+def test_nvjpeg_encodes_frames_on_the_gpu() -> None:
+    frames = synthetic_frames(4, 48, 64)
+    try:
+        encoder = build_jpeg_encoder("nvjpeg", "cuda")
+    except RuntimeError as err:  # no torchvision
+        pytest.skip(str(err))
+    jpegs = encoder.encode(torch.from_numpy(frames).cuda(), 90)
+    decoded = decode_jpeg(jpegs[1]).astype(int)
+    assert len(jpegs) == 4 and np.abs(decoded - frames[1]).mean() < 4
 
 
 def test_jpeg_rows_measure_each_encoder() -> None:

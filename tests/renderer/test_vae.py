@@ -86,6 +86,30 @@ def test_stream_decode_equals_whole_clip(kernels: tuple[int, ...]) -> None:
     assert stream.latents_seen == latents.shape[1]
 
 
+def test_compiled_channels_last_decoder_streams_the_same_frames_in_two_graphs() -> None:
+    """`to_channels_last` + `Decoder.compile` (the GPU path) keep the numbers, and a stream
+    compiles once for its first call and once for its chunks, not once per position."""
+    vae = tiny_vae()
+    eager = tiny_vae()
+    eager.load_state_dict(vae.state_dict())
+    graphs = []
+
+    def counting_backend(graph: torch.fx.GraphModule, example_inputs: list) -> object:
+        graphs.append(graph)
+        return graph.forward  # run the captured graph as it is: only the capture is counted
+
+    vae.to_channels_last()
+    assert vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    vae.decoder.compile(backend=counting_backend)
+    latents = random_latents(vae, 1, 1 + 3 * LATENTS_PER_CHUNK)
+    for _ in range(2):  # two sessions' streams
+        streams = vae.decode_stream(), eager.decode_stream()
+        for start, stop in [(0, 1), (1, 4), (4, 7), (7, 10)]:
+            got, want = (s.push(latents[:, start:stop]) for s in streams)
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert len(graphs) == 2
+
+
 def test_stream_decode_any_split(vae: CausalVideoVAE) -> None:
     latents = random_latents(vae, 1, 8)
     with torch.no_grad():
