@@ -114,7 +114,8 @@ class RendererSettings(Settings):
     accel: Literal["default", "baseline", "bf16", "optimized", "sessions"] = Field(
         default="default",
         description="GPU optimizations (renderer/accel.py): optimized = bf16, torch.compile, CUDA "
-        "graphs, FP8, decode stream; sessions = batched forwards of concurrent sessions",
+        "graphs, FP8, decode stream, compiled VAE decoder; sessions = batched forwards of "
+        "concurrent sessions",
     )
     worker: str = Field(default="", description="consumer name; empty: host-pid")
     capacity: int = Field(default=1, gt=0, description="sessions this worker renders at once")

@@ -40,6 +40,7 @@ from flowact.renderer.media import decode_jpeg
 from flowact.renderer.microbench import (
     REFERENCE,
     buffer_inputs,
+    decode_rows,
     forward_rows,
     jpeg_rows,
     synthetic_frames,
@@ -221,6 +222,12 @@ def test_nvjpeg_encodes_frames_on_the_gpu() -> None:
     jpegs = encoder.encode(torch.from_numpy(frames).cuda(), 90)
     decoded = decode_jpeg(jpegs[1]).astype(int)
     assert len(jpegs) == 4 and np.abs(decoded - frames[1]).mean() < 4
+
+
+def test_decode_rows_measure_each_dtype_and_skip_compilation_off_cuda() -> None:
+    rows = decode_rows(["tiny"], 4, (4, 4), "cpu")
+    assert [r.variant for r in rows] == ["tiny (0.2M) fp32", "tiny (0.2M) bf16"]
+    assert all(r.stage == "vae decode" and r.ms > 0 and r.setup_s > 0 for r in rows)
 
 
 def test_jpeg_rows_measure_each_encoder() -> None:
