@@ -199,8 +199,9 @@ def _decode_row(
     latent_size: tuple[int, int],
     device: str,
 ) -> tuple[StageRow, Tensor]:
-    torch.manual_seed(0)  # every variant of a preset decodes with the same weights
-    vae = vae_mod.build_vae(config).to(device, dtype).eval()
+    with torch.random.fork_rng(devices=[]):  # every variant decodes with the same weights
+        torch.manual_seed(0)
+        vae = vae_mod.build_vae(config).to(device, dtype).eval()
     if compiled:
         vae.to_channels_last()
         vae.decoder.compile()
@@ -292,10 +293,6 @@ def _free(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
 
 
 def _short(err: BaseException) -> str:
