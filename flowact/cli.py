@@ -488,6 +488,10 @@ def evaluate(
         Optional[Path],  # noqa: UP045
         typer.Option(help="Held-out speech from `flowact train prepare` (default: espeak-ng now)."),
     ] = None,
+    guidance: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(help="CFG scale of the prompts (default: the checkpoint's sampling.json)."),
+    ] = None,
     device: DeviceOption = None,
 ) -> None:
     """Lip-sync, behavior accuracy, identity drift and smoothness of a checkpoint, with plots."""
@@ -498,6 +502,7 @@ def evaluate(
         identities=identities,
         vae_seconds=vae_seconds,
         speech_bank=str(speech_bank) if speech_bank else None,
+        guidance=guidance,
     )
     report = run_eval(checkpoint, out, config, device=device or "cpu")
     typer.echo(report.table())
