@@ -136,8 +136,14 @@ class Bus(Protocol):
         """Entries with ids after `after`, without a group (tails, viewers); [] on timeout.
 
         `after="$"` means entries added after the call. Waits up to `block_ms` for the first
-        entry; `block_ms=0` returns at once.
+        entry; `block_ms=0` returns at once. A loop that reads in turns must not pass "$" on
+        every turn (entries added between two calls would be lost): it starts from
+        `last_id(stream)` and goes on from the last entry it got.
         """
+        ...
+
+    async def last_id(self, stream: str) -> str:
+        """Id of the stream's newest entry; "0-0" when it is empty or does not exist."""
         ...
 
     async def entries(

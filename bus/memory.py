@@ -144,6 +144,10 @@ class MemoryBus:
             if found or not await self.wait([stream], deadline):
                 return [s.entry(stream, sid, 0) for sid in found] if s else []
 
+    async def last_id(self, stream: str) -> str:
+        s = self._streams.get(stream)
+        return format_id(s.last_id) if s is not None else "0-0"
+
     async def entries(
         self, stream: str, start: str = "-", end: str = "+", count: int | None = None
     ) -> list[Entry]:

@@ -40,7 +40,9 @@ T = TypeVar("T")
 
 DEDUPE_PREFIX = "flowact:dedupe:"
 # Commands whose replies `replies` decodes; redis-py's callbacks would reshape them.
-RAW_COMMANDS = ("XADD", "XREAD", "XREADGROUP", "XRANGE", "XAUTOCLAIM", "XPENDING", "XLEN", "XACK")
+RAW_COMMANDS = (
+    "XADD", "XREAD", "XREADGROUP", "XRANGE", "XREVRANGE", "XAUTOCLAIM", "XPENDING", "XLEN", "XACK"
+)  # fmt: skip
 BLOCK_MARGIN_S = 1.0  # a blocked read must return well before the socket timeout fires
 
 # KEYS: stream, dedupe key. ARGV: ttl ms, maxlen (0: none), field, value, ...
@@ -170,6 +172,11 @@ class RedisStreamsBus:
         limit = ["COUNT", count] if count is not None else []
         raw = await self.retrying(lambda: self.call("XRANGE", stream, start, end, *limit))
         return replies.entries(stream, raw, deliveries=0)
+
+    async def last_id(self, stream: str) -> str:
+        raw = await self.retrying(lambda: self.call("XREVRANGE", stream, "+", "-", "COUNT", 1))
+        newest = replies.entries(stream, raw, deliveries=0)
+        return newest[0].id if newest else "0-0"
 
     async def length(self, stream: str) -> int:
         return int(await self.retrying(lambda: self.call("XLEN", stream)))

@@ -30,7 +30,7 @@ def entry(stream: str, raw: RawEntry, deliveries: int) -> Entry | None:
 
 
 def entries(stream: str, raws: Sequence[RawEntry] | None, deliveries: int) -> list[Entry]:
-    """An XRANGE reply, or the entry list of one stream in an XREAD reply."""
+    """An XRANGE or XREVRANGE reply, or the entry list of one stream in an XREAD reply."""
     out = []
     for raw in raws or ():
         parsed = entry(stream, raw, deliveries)

@@ -283,6 +283,8 @@ class Compositor:
 
     async def _read(self, feed: _Feed, stop: asyncio.Event) -> None:
         after = self.after
+        if after == "$":  # resolved once: "$" on every read would lose chunks between reads
+            after = await self.bus.last_id(feed.stream)
         while not stop.is_set():
             for entry in await self.bus.read(feed.stream, after, count=16, block_ms=100):
                 after = entry.id

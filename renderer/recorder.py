@@ -232,6 +232,8 @@ async def record_session(
         disable=not progress or max_chunks is None,
     )
     try:
+        if after == "$":  # resolved once: "$" on every read would lose chunks between reads
+            after = await bus.last_id(stream)
         while not stop.is_set() and (max_chunks is None or recorder.stats.chunks < max_chunks):
             for entry in await bus.read(stream, after, count=16, block_ms=200):
                 after = entry.id

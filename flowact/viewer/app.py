@@ -190,9 +190,11 @@ async def _pump(
     bus: Bus, stream: str, send: Send, block_ms: int, render: Callable[[Any], bytes | str]
 ) -> None:
     """Forward `stream`'s new entries through `render` to `send`; survive bus outages."""
-    after = "$"
+    after: str | None = None  # from the newest entry when the pump starts
     while True:
         try:
+            if after is None:
+                after = await bus.last_id(stream)
             entries = await bus.read(stream, after, count=16, block_ms=block_ms)
         except (asyncio.CancelledError, WebSocketDisconnect):
             raise

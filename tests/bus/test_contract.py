@@ -361,6 +361,20 @@ async def test_read_tails_and_entries_ranges(bus: Bus, prefix: str) -> None:
     assert await bus.entries(f"{prefix}:missing") == []
 
 
+async def test_last_id_lets_a_tail_read_in_turns_without_losing_entries(
+    bus: Bus, prefix: str
+) -> None:
+    stream = f"{prefix}:video"
+    assert await bus.last_id(stream) == "0-0"  # no stream yet: everything that comes is new
+    await bus.publish(stream, {"n": 0})
+    newest = await bus.publish(stream, {"n": 1})
+    start = await bus.last_id(stream)
+    assert start == newest
+    assert await bus.read(stream, start, block_ms=10) == []  # one turn of a tail times out
+    between = await bus.publish(stream, {"n": 2})  # lands between two of the tail's reads
+    assert [e.id for e in await bus.read(stream, start, block_ms=10)] == [between]
+
+
 async def test_stop_returns_promptly_and_leaves_nothing_pending(bus: Bus, prefix: str) -> None:
     stream = f"{prefix}:audio"
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import pytest
@@ -25,9 +26,22 @@ class Served:
 
 @pytest.fixture
 async def viewer() -> AsyncIterator[Served]:
-    bus = MemoryBus()
+    async with serve(MemoryBus()) as served:
+        yield served
+
+
+@pytest.fixture
+def viewer_over() -> Callable[[MemoryBus], contextlib.AbstractAsyncContextManager[Served]]:
+    """`async with viewer_over(bus) as viewer`: a viewer over a bus the test made."""
+    return serve
+
+
+@contextlib.asynccontextmanager
+async def serve(bus: MemoryBus) -> AsyncIterator[Served]:
+    """The viewer app over `bus`, served until the block ends."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
+    sock.listen(16)  # a client that connects before uvicorn runs waits in the backlog
     port = sock.getsockname()[1]
     stop = asyncio.Event()
     server = asyncio.create_task(

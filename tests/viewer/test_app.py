@@ -11,6 +11,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from flowact.bus.memory import MemoryBus
 from flowact.bus.typed import publish
 from flowact.renderer.media import encode_jpeg
 from flowact.schemas import codec
@@ -116,6 +117,31 @@ async def test_the_socket_forwards_new_chunks_and_events(viewer) -> None:
     events = [json.loads(m) for m in got if isinstance(m, str)]
     assert chunks == [1, 2]
     assert events == [{"schema_version": 1, "type": "state", "actor": "agent", "state": "thinking"}]
+
+
+class PublishingBetweenReads(MemoryBus):
+    """A bus on which a chunk lands right after the viewer's first video read that timed out,
+    before its next read: the moment a tail that re-reads from "$" would lose it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.published = False
+
+    async def read(self, stream: str, after: str = "$", **kwargs) -> list:  # noqa: ANN003
+        got = await super().read(stream, after, **kwargs)
+        if not got and stream == stream_name("s1", "video") and not self.published:
+            self.published = True
+            await publish(self, "s1", chunk(5))
+        return got
+
+
+async def test_a_chunk_published_between_two_reads_still_reaches_the_page(viewer_over) -> None:
+    bus = PublishingBetweenReads()
+    async with viewer_over(bus) as viewer, connect(f"{viewer.ws_url}/ws/s1") as ws:
+        hello = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        got = await asyncio.wait_for(ws.recv(), 5)
+    assert hello["type"] == "hello" and bus.published
+    assert unpack_chunk(got)[0]["index"] == 5
 
 
 async def test_a_bad_session_id_is_refused(viewer) -> None:
