@@ -149,7 +149,7 @@ def accelerate(parts: RendererParts, config: AccelConfig) -> Accelerated:
     if config.vae_channels_last:
         parts.vae.to_channels_last()
     if config.vae_compile:
-        parts.vae.decoder.compile()
+        parts.vae.decoder.compile_body()
     parts.jpeg = build_jpeg_encoder(config.jpeg, parts.device)
     forward, graphs, fp8_layers = prepare_forward(parts.model, config)
     batcher = None

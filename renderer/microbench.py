@@ -204,7 +204,7 @@ def _decode_row(
         vae = vae_mod.build_vae(config).to(device, dtype).eval()
     if compiled:
         vae.to_channels_last()
-        vae.decoder.compile()
+        vae.decoder.compile_body()
     gen = torch.Generator().manual_seed(0)
     chunk = torch.randn(
         (1, tb.LATENTS_PER_CHUNK, config.latent_channels, *latent_size), generator=gen

@@ -313,7 +313,7 @@ class Decoder(nn.Module):
 
     A `CausalState` makes it resumable: calling it on consecutive slices of the latents, with
     one state, yields the consecutive slices of the whole-clip frames. The network is `body`,
-    which takes whether the call starts the stream as a plain flag, so that `compile` can
+    which takes whether the call starts the stream as a plain flag, so that `compile_body` can
     compile it once per input shape instead of once per stream position.
     """
 
@@ -356,7 +356,7 @@ class Decoder(nn.Module):
                 x = stage.up(x, state, first)
         return self.conv_out(F.silu(self.norm_out(x)), state)
 
-    def compile(self, backend: str | Callable = "inductor") -> None:  # type: ignore[override]
+    def compile_body(self, backend: str | Callable = "inductor") -> None:
         """`torch.compile` the network in place: its norms, activations and upsampling fuse
         around the convs. Two graphs in a stream's life (its first call, then chunks)."""
         self.body = torch.compile(self.body, backend=backend, dynamic=False)  # type: ignore[method-assign]

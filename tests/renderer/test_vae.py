@@ -87,7 +87,7 @@ def test_stream_decode_equals_whole_clip(kernels: tuple[int, ...]) -> None:
 
 
 def test_compiled_channels_last_decoder_streams_the_same_frames_in_two_graphs() -> None:
-    """`to_channels_last` + `Decoder.compile` (the GPU path) keep the numbers, and a stream
+    """`to_channels_last` + `Decoder.compile_body` (the GPU path) keep the numbers, and a stream
     compiles once for its first call and once for its chunks, not once per position."""
     vae = tiny_vae()
     eager = tiny_vae()
@@ -100,7 +100,7 @@ def test_compiled_channels_last_decoder_streams_the_same_frames_in_two_graphs() 
 
     vae.to_channels_last()
     assert vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last_3d)
-    vae.decoder.compile(backend=counting_backend)
+    vae.decoder.compile_body(backend=counting_backend)
     latents = random_latents(vae, 1, 1 + 3 * LATENTS_PER_CHUNK)
     for _ in range(2):  # two sessions' streams
         streams = vae.decode_stream(), eager.decode_stream()
