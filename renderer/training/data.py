@@ -209,15 +209,9 @@ def chunk_condition(
 
 
 def face_weight(config: RendererConfig, gain: float = 3.0) -> Tensor:
-    """Loss weight per latent pixel `[h, w]`: `gain` over the region the world draws faces in
-    (mouth and eyes are a few latent pixels; without it they are a sliver of the loss), 1
-    elsewhere; mean-normalised to 1."""
-    ys = (torch.arange(config.latent_height) + 0.5) / config.latent_height
-    xs = (torch.arange(config.latent_width) + 0.5) / config.latent_height
-    xs = xs + 0.5 - 0.5 * config.latent_width / config.latent_height
-    inside = ((xs[None] - 0.5) / 0.22) ** 2 + ((ys[:, None] - 0.4) / 0.26) ** 2 <= 1
-    weight = 1 + (gain - 1) * inside.float()
-    return weight / weight.mean()
+    """Loss weight per latent pixel `[h, w]`: `world.face_weight` on the latent grid (mouth and
+    eyes are a few latent pixels; without it they are a sliver of the loss)."""
+    return world.face_weight(config.latent_height, config.latent_width, gain)
 
 
 def text_table_for(texts: list[str], encoder) -> Tensor:

@@ -1,5 +1,5 @@
-"""The whole curriculum as one resumable run: data -> VAE -> probe -> latents -> stage 1 ->
-stage 2 -> stage 3 -> checkpoint -> evaluation.
+"""The whole curriculum as one resumable run: data -> VAE (-> its decoder alone) -> probe ->
+latents -> stage 1 -> stage 2 -> stage 3 -> checkpoint -> evaluation.
 
 Every stage has a wall-clock budget and saves its state under `workdir`; `run_pipeline` skips
 what is done and continues what is not, and stops cleanly at `deadline` seconds, so the run can
@@ -40,7 +40,7 @@ from flowact.renderer.training.evaluate import EvalConfig, run_eval
 from flowact.renderer.training.export import Bundle, export_checkpoint, load_checkpoint
 from flowact.renderer.training.probe import PoseProbe, ProbeConfig, ProbeTrainConfig, train_probe
 from flowact.renderer.training.train import DiffusionConfig, train_diffusion
-from flowact.renderer.training.vae_train import VAETrainConfig, train_vae
+from flowact.renderer.training.vae_train import VAETrainConfig, finetune_decoder, train_vae
 from flowact.renderer.weights import read_index
 
 log = structlog.get_logger(__name__)
@@ -56,6 +56,7 @@ class PipelineConfig:
     seed: int = 0
     # wall-clock budgets per stage (seconds)
     vae_seconds: float = 240.0
+    vae_decoder_seconds: float = 0.0  # then the decoder alone, encoder frozen; 0 = skip
     probe_seconds: float = 90.0
     stage1_seconds: float = 150.0
     stage2_seconds: float = 450.0
@@ -64,6 +65,8 @@ class PipelineConfig:
     # sizes
     vae_chunks: int = 0  # chunks per VAE training clip; 0 = enough to outlast the VAE's reach
     vae_batch: int = 2  # clips of the VAE's reach: 133 frames each for `small`
+    vae_face_gain: float = 1.0  # the VAE's reconstruction loss weight over the face region
+    vae_decoder_lr: float = 2e-4
     probe_batch: int = 128
     probe_width: int = 24
     latent_clips: int = 768
@@ -142,6 +145,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         batch=cfg.vae_batch,
         steps=100_000,
         seconds=cfg.vae_seconds,
+        face_gain=cfg.vae_face_gain,
         seed=cfg.seed,
     )
     vae, vae_state = train_vae(vae_cfg, work, device, bank, piece_seconds=left())
@@ -151,6 +155,17 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         "seconds": vae_state.seconds,
         "loss": float(np.mean(vae_state.losses[-50:])) if vae_state.losses else None,
     }
+    if cfg.vae_decoder_seconds > 0:
+        # sharper frames from the same latent space: a DiT from init_from keeps its latents
+        dec_cfg = replace(vae_cfg, seconds=cfg.vae_decoder_seconds, lr=cfg.vae_decoder_lr)
+        vae, dec_state, dec_report = finetune_decoder(
+            dec_cfg, vae, work, device, bank, piece_seconds=left()
+        )
+        summary["vae_decoder"] = {
+            **_stage_summary(dec_state),
+            "heldout": asdict(dec_report) if dec_report else None,
+            "kept": bool(dec_report and dec_report.improved),
+        }
 
     # probe: half of each batch through the VAE, so it reads decoded frames too
     probe = _train_probe(cfg, work, device, vae, size, min(left(), cfg.probe_seconds), summary)

@@ -6,21 +6,28 @@ the layout the renderer decodes, and by default long enough to outlast the VAE's
 only ever sees frames near a clip's start, so its reconstructions decay as a stream goes on (the
 first shipped VAE, trained on 13-frame clips, fell from 20 to 12 dB PSNR over the first 2 s).
 
-Loss: L1 + MSE of the reconstruction (through a sampled latent) + `kl_weight` x the KL per
-latent element. When training ends, `set_latent_stats` normalises the latents to zero mean and
-unit variance per channel, what the DiT expects.
+Loss: L1 + MSE of the reconstruction (through a sampled latent), weighted `face_gain` over the
+face region (`world.face_weight`: the mouth and eyes the metrics read are a few percent of the
+pixels), + `kl_weight` x the KL per latent element. When training ends, `set_latent_stats`
+normalises the latents to zero mean and unit variance per channel, what the DiT expects.
+
+`finetune_decoder` trains the decoder alone with the encoder and the latent statistics frozen:
+sharper frames from the same latent space, so a DiT trained on it needs no retraining. It keeps
+the new decoder only if it reconstructs held-out clips better over the face (`DecoderReport`).
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import structlog
 import torch
-import torch.nn.functional as F
+from torch import Tensor
 
 from flowact.renderer import vae as vae_mod
 from flowact.renderer.training import world
@@ -45,16 +52,24 @@ class VAETrainConfig:
     batch: int = 8
     lr: float = 4e-4
     kl_weight: float = 1e-4
+    face_gain: float = 1.0  # loss weight over the face region, against 1 elsewhere
     seconds: float = math.inf
     save_every: int = 500
     stats_clips: int = 32
     seed: int = 0
 
 
-def vae_loss(vae: vae_mod.CausalVideoVAE, frames: torch.Tensor, kl_weight: float) -> torch.Tensor:
-    """frames `[B, 1 + 4n, 3, H, W]` -> L1 + MSE + kl_weight * mean KL per latent element."""
+def vae_loss(
+    vae: vae_mod.CausalVideoVAE, frames: torch.Tensor, kl_weight: float, face_gain: float = 1.0
+) -> torch.Tensor:
+    """frames `[B, 1 + 4n, 3, H, W]` -> face-weighted L1 + MSE + kl_weight * mean KL per latent
+    element (no KL term at `kl_weight` 0, where the encoder is frozen)."""
     out = vae(frames, sample=True)
-    recon = F.l1_loss(out.recon, frames) + F.mse_loss(out.recon, frames)
+    err = out.recon.float() - frames.float()
+    weight = world.face_weight(*frames.shape[-2:], face_gain).to(frames.device)
+    recon = ((err.abs() + err.pow(2)) * weight).mean()
+    if kl_weight == 0:
+        return recon
     kl = vae_mod.kl_divergence(out.mean, out.logvar) / out.mean[0].numel()
     return recon + kl_weight * kl
 
@@ -85,19 +100,7 @@ def train_vae(
     clip_cfg = world.ClipConfig(chunks=training_chunks(cfg), size=cfg.size)
     log.info("vae_clips", frames=clip_frames(clip_cfg.chunks), batch=cfg.batch)
 
-    def step(i: int) -> float:
-        lr = cosine_lr(cfg.lr, i, progress_of(state, cfg.steps, cfg.seconds), 200)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        clips = world.make_clips(cfg.batch, clip_cfg, rng, bank, device)
-        with autocast(device):
-            loss = vae_loss(vae, clips.frames, cfg.kl_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        return loss.detach()
-
+    step = _step_fn(cfg, vae, opt, state, clip_cfg, rng, bank, device)
     vae.train()
     first = state.step
     run_steps(state, step, cfg.steps, path, budget, cfg.save_every, "vae", progress)
@@ -107,6 +110,95 @@ def train_vae(
         if path is not None:
             state.save(path)
     return vae, state
+
+
+def _step_fn(cfg, vae, opt, state, clip_cfg, rng, bank, device) -> Callable[[int], Tensor]:
+    """One optimizer step on fresh clips, for `train_vae` and `finetune_decoder` alike (`opt`
+    holds what the stage trains)."""
+    params = [p for group in opt.param_groups for p in group["params"]]
+
+    def step(i: int) -> Tensor:
+        lr = cosine_lr(cfg.lr, i, progress_of(state, cfg.steps, cfg.seconds), 200)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        clips = world.make_clips(cfg.batch, clip_cfg, rng, bank, device)
+        with autocast(device):
+            loss = vae_loss(vae, clips.frames, cfg.kl_weight, cfg.face_gain)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return loss.detach()
+
+    return step
+
+
+@dataclass(frozen=True)
+class DecoderReport:
+    """Held-out reconstruction PSNR (dB) of the decoder `finetune_decoder` started from (base)
+    and of the one it trained (tuned): over whole frames and over the face region."""
+
+    base: float
+    base_face: float
+    tuned: float
+    tuned_face: float
+    clips: int
+
+    @property
+    def improved(self) -> bool:
+        return self.tuned_face > self.base_face
+
+
+def finetune_decoder(
+    cfg: VAETrainConfig,
+    vae: vae_mod.CausalVideoVAE,
+    workdir: Path | None,
+    device: torch.device,
+    bank: list[np.ndarray] | None = None,
+    progress: bool = True,
+    piece_seconds: float = math.inf,
+    heldout_clips: int = 4,
+) -> tuple[vae_mod.CausalVideoVAE, StageState, DecoderReport | None]:
+    """Train a copy of `vae`'s decoder (resuming from `workdir/vae_decoder/state.pt`) with the
+    encoder and latent statistics frozen, so the latents a DiT learned stay valid; `vae` itself
+    is left as it is. `cfg.kl_weight` is ignored (the posterior does not move).
+
+    Returns the VAE to use, the stage's state and, once the stage's budget is spent, a report
+    on `heldout_clips` clips of unseen identities: the VAE returned is the tuned one only if it
+    reconstructs them better over the face, else `vae` (None report: `vae`, not yet done)."""
+    torch.manual_seed(cfg.seed)
+    tuned = copy.deepcopy(vae).to(device)
+    tuned.encoder.requires_grad_(False)
+    tuned.decoder.requires_grad_(True)
+    opt = torch.optim.AdamW(
+        tuned.decoder.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=1e-4
+    )
+    state = StageState({"decoder": tuned.decoder}, {"opt": opt})
+    path = workdir / "vae_decoder" / "state.pt" if workdir is not None else None
+    if path is not None:
+        state.load(path)
+    budget = min(piece_seconds, cfg.seconds - state.seconds)
+    if budget > 0 and state.step < cfg.steps:
+        rng = np.random.default_rng(cfg.seed + state.step)
+        clip_cfg = world.ClipConfig(chunks=training_chunks(cfg), size=cfg.size)
+        step = _step_fn(replace(cfg, kl_weight=0.0), tuned, opt, state, clip_cfg, rng, bank, device)
+        tuned.decoder.train()
+        run_steps(state, step, cfg.steps, path, budget, cfg.save_every, "vae decoder", progress)
+    tuned.eval().requires_grad_(False)
+    if state.step < cfg.steps and state.seconds < cfg.seconds - 1:
+        return vae, state, None
+    clips = world.ClipConfig(chunks=training_chunks(cfg), size=cfg.size, split="eval")
+    frames = world.make_clips(heldout_clips, clips, np.random.default_rng(12345), bank, device)
+    face = world.face_weight(*cfg.size, 2.0) > 1.0
+    report = DecoderReport(
+        base=reconstruction_psnr(vae, frames.frames),
+        base_face=reconstruction_psnr(vae, frames.frames, face),
+        tuned=reconstruction_psnr(tuned, frames.frames),
+        tuned_face=reconstruction_psnr(tuned, frames.frames, face),
+        clips=heldout_clips,
+    )
+    log.info("vae_decoder_heldout", **asdict(report), kept=report.improved)
+    return (tuned if report.improved else vae), state, report
 
 
 @torch.no_grad()
@@ -132,10 +224,14 @@ def set_stats(
 
 
 @torch.no_grad()
-def reconstruction_psnr(vae: vae_mod.CausalVideoVAE, frames: torch.Tensor) -> float:
-    """PSNR (dB, frames in [-1, 1]) of encode -> decode through normalised latents."""
+def reconstruction_psnr(
+    vae: vae_mod.CausalVideoVAE, frames: torch.Tensor, region: Tensor | None = None
+) -> float:
+    """PSNR (dB, frames in [-1, 1]) of encode -> decode through normalised latents, over the
+    pixels where `region` (`[H, W]` bool) is set, or all of them."""
     recon = vae.decode(vae.encode(frames))
-    mse = F.mse_loss(recon.float(), frames.float()).item()
+    err = (recon.float() - frames.float()).pow(2)
+    mse = (err[..., region] if region is not None else err).mean().item()
     return 10 * math.log10(4.0 / max(mse, 1e-12))
 
 

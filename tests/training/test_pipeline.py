@@ -176,7 +176,7 @@ def test_init_from_names_what_it_cannot_start_from(main_run, tmp_path):
         run_pipeline(cfg)
 
 
-def test_a_continuation_goes_on_training_the_checkpoints_dit(main_run, tmp_path):
+def test_a_continuation_goes_on_training_the_checkpoints_dit_and_decoder(main_run, tmp_path):
     data, ckpt, _ = main_run
     shipped = load_checkpoint(ckpt)
     more = PipelineConfig(
@@ -185,6 +185,7 @@ def test_a_continuation_goes_on_training_the_checkpoints_dit(main_run, tmp_path)
         checkpoint=str(tmp_path / "more_ckpt"),
         init_from=str(ckpt),
         init_dit=True,
+        vae_decoder_seconds=1.0,
         **{**TINY_BUDGETS, "dmd_seconds": 0.0},
     )
     result = run_pipeline(more)
@@ -202,6 +203,13 @@ def test_a_continuation_goes_on_training_the_checkpoints_dit(main_run, tmp_path)
         for a, b in zip(went_on.model.parameters(), shipped.model.parameters(), strict=True)
     ]
     assert any(moved)
+    # the decoder trained alone; the encoder, and so the DiT's latent space, is the checkpoint's
+    tuned = result["vae_decoder"]
+    assert tuned["steps"] > 0 and tuned["heldout"]["clips"] > 0
+    assert tuned["kept"] == (tuned["heldout"]["tuned_face"] > tuned["heldout"]["base_face"])
+    for name, value in shipped.vae.state_dict().items():
+        same = torch.equal(went_on.vae.state_dict()[name], value)
+        assert same or (tuned["kept"] and name.startswith("decoder.")), name
 
 
 def test_a_run_names_missing_data_before_it_trains(tmp_path):

@@ -18,6 +18,8 @@ from flowact.renderer.training.train import DiffusionConfig, diffusion_loss, tra
 from flowact.renderer.training.vae_train import (
     VAETrainConfig,
     clip_frames,
+    finetune_decoder,
+    reconstruction_psnr,
     train_vae,
     training_chunks,
     vae_loss,
@@ -67,6 +69,57 @@ def test_a_finished_vae_stage_loads_without_measuring_again(tmp_path, monkeypatc
     assert state.step == 2 and not again.training
     for name, value in vae.state_dict().items():
         assert torch.equal(again.state_dict()[name], value), name
+
+
+def test_the_face_weight_is_one_region_on_frames_and_latents(tiny_config):
+    frame = world.face_weight(128, 128, 3.0)
+    assert frame.mean().item() == pytest.approx(1.0)
+    assert frame[51, 64] / frame[5, 5] == pytest.approx(3.0)  # the face centre against a corner
+    assert frame[120, 64] == frame[5, 5]  # the shirt is not the face
+    latent = world.face_weight(tiny_config.latent_height, tiny_config.latent_width, 3.0)
+    assert torch.equal(data.face_weight(tiny_config), latent)
+
+
+def test_the_decoder_alone_lowers_its_loss_with_the_encoder_frozen(tiny_vae):
+    vae = copy.deepcopy(tiny_vae).train()
+    vae.encoder.requires_grad_(False)
+    encoder = copy.deepcopy(vae.encoder.state_dict())
+    clip_cfg = world.ClipConfig(chunks=1, size=(32, 32))
+    frames = world.make_clips(2, clip_cfg, np.random.default_rng(0)).frames
+    torch.manual_seed(0)
+    losses = _fit(vae.decoder.parameters(), lambda: vae_loss(vae, frames, 0.0, 3.0), 12, 3e-3)
+    assert losses[-1] < 0.7 * losses[0]
+    for name, value in vae.encoder.state_dict().items():
+        assert torch.equal(encoder[name], value), name
+
+
+def test_decoder_finetuning_keeps_the_latent_space_and_resumes(tmp_path):
+    base, _ = train_vae(
+        VAETrainConfig(preset="tiny", size=(32, 32), chunks=1, steps=2, batch=1, stats_clips=1),
+        None,
+        torch.device("cpu"),
+        progress=False,
+    )
+    before = copy.deepcopy(base.state_dict())
+    cfg = VAETrainConfig(preset="tiny", size=(32, 32), chunks=1, steps=2, batch=2, lr=3e-3)
+    out, state, report = finetune_decoder(cfg, base, tmp_path, torch.device("cpu"), progress=False)
+    assert state.step == 2 and (tmp_path / "vae_decoder" / "state.pt").is_file()
+    assert report is not None and (out is not base) == report.improved
+    for name, value in base.state_dict().items():  # the VAE it started from is left as it was
+        assert torch.equal(before[name], value), name
+    longer = replace(cfg, steps=40)
+    out, state, report = finetune_decoder(longer, base, tmp_path, torch.device("cpu"), False)
+    assert state.step == 40 and len(state.losses) == 40  # went on from step 2
+    assert report.improved and report.tuned_face > report.base_face and out is not base
+    tuned = out.state_dict()
+    kept = {n: v for n, v in before.items() if not n.startswith("decoder.")}
+    assert "latent_std" in kept and any(n.startswith("encoder.") for n in kept)
+    for name, value in kept.items():  # the encoder and the latent statistics
+        assert torch.equal(tuned[name], value), name
+    assert any(not torch.equal(tuned[n], v) for n, v in before.items() if n not in kept)
+    unseen = world.ClipConfig(chunks=1, size=(32, 32), split="eval")
+    frames = world.make_clips(2, unseen, np.random.default_rng(1)).frames
+    assert reconstruction_psnr(out, frames) > reconstruction_psnr(base, frames)
 
 
 def test_vae_trains_on_clips_longer_than_its_reach():
