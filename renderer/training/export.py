@@ -4,11 +4,19 @@ shards through `renderer.weights.save_weights`, and `sampling.json` with how to 
 Large float tensors are stored in bfloat16 (the demo checkpoint must stay under 48 MiB);
 small ones (norms, biases, latent statistics) stay float32. `load_into` casts back to the
 modules' dtype on load, so the renderer loads it like any other checkpoint.
+
+`combine_checkpoints` writes one checkpoint with the VAE of another that shares its latent
+space (same encoder, same latent statistics): one run's DiT with another run's decoder.
+
+    python -m flowact.renderer.training.export --base out/ckpt5 --vae-from checkpoints/demo \
+        --out out/ckpt5_vae
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,3 +112,50 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
 
 def checkpoint_bytes(directory: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(directory).glob("weights-*.safetensors"))
+
+
+def combine_checkpoints(base: str | Path, out: str | Path, vae_from: str | Path) -> Path:
+    """`base` with the VAE of `vae_from`, written to `out` (with `base`'s sampling and, where
+    `base` has none, `vae_from`'s reference frame). The DiT of `base` was trained on its VAE's
+    latents, so only a VAE with the same encoder and latent statistics is taken: one whose
+    decoder alone differs. Raises `ValueError` naming what differs."""
+    first, other = load_checkpoint(base), load_checkpoint(vae_from)
+    if first.vae.config != other.vae.config:
+        raise ValueError(f"{vae_from}'s VAE is a different architecture from {base}'s")
+    mine, theirs = first.vae.state_dict(), other.vae.state_dict()
+    differ = [
+        n for n in mine if not n.startswith("decoder.") and not torch.equal(mine[n], theirs[n])
+    ]
+    if differ:
+        raise ValueError(
+            f"{vae_from}'s VAE has another latent space than {base}'s ({differ[0]} differs, "
+            f"{len(differ)} tensors in all): {base}'s DiT cannot decode through it"
+        )
+    directory = export_checkpoint(
+        out, first.model, other.vae, first.audio, first.probe, first.sampling
+    )
+    for source in (Path(base), Path(vae_from)):
+        ref = source / "reference.png"
+        if ref.is_file() and not (directory / ref.name).is_file():
+            shutil.copyfile(ref, directory / ref.name)
+    return directory
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description="Write one checkpoint's DiT, audio encoder and probe with another's VAE "
+        "(the same latent space, another decoder)."
+    )
+    parser.add_argument("--base", required=True, help="checkpoint whose DiT, audio and probe")
+    parser.add_argument("--vae-from", required=True, help="checkpoint whose VAE")
+    parser.add_argument("--out", required=True, help="directory to write")
+    args = parser.parse_args()
+    try:
+        combine_checkpoints(args.base, args.out, args.vae_from)
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
+    print(f"wrote {args.out}")  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()

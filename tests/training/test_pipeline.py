@@ -14,7 +14,7 @@ import torch
 from flowact.renderer.text import HashTextEncoder
 from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import speech
-from flowact.renderer.training.export import load_checkpoint
+from flowact.renderer.training.export import combine_checkpoints, export_checkpoint, load_checkpoint
 from flowact.renderer.training.pipeline import PipelineConfig, run_pipeline
 
 TINY_BUDGETS = dict(
@@ -210,6 +210,27 @@ def test_a_continuation_goes_on_training_the_checkpoints_dit_and_decoder(main_ru
     for name, value in shipped.vae.state_dict().items():
         same = torch.equal(went_on.vae.state_dict()[name], value)
         assert same or (tuned["kept"] and name.startswith("decoder.")), name
+
+
+def test_a_checkpoint_takes_the_decoder_of_another_in_its_latent_space(main_run, tmp_path):
+    _, ckpt, _ = main_run
+    shipped = load_checkpoint(ckpt)
+    with torch.no_grad():
+        next(shipped.vae.decoder.parameters()).add_(0.5)
+    export_checkpoint(tmp_path / "decoder", shipped.model, shipped.vae, shipped.audio)
+    combined = load_checkpoint(combine_checkpoints(ckpt, tmp_path / "out", tmp_path / "decoder"))
+    for name, value in shipped.vae.state_dict().items():
+        assert torch.equal(combined.vae.state_dict()[name], value), name
+    base = load_checkpoint(ckpt)
+    assert combined.probe is not None and combined.sampling == base.sampling
+    for name, value in base.model.state_dict().items():
+        assert torch.equal(combined.model.state_dict()[name], value), name
+    with torch.no_grad():
+        next(shipped.vae.encoder.parameters()).add_(0.5)
+    export_checkpoint(tmp_path / "encoder", shipped.model, shipped.vae, shipped.audio)
+    with pytest.raises(ValueError, match=r"another latent space .* \(encoder\.\S+ differs"):
+        combine_checkpoints(ckpt, tmp_path / "bad", tmp_path / "encoder")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_a_run_names_missing_data_before_it_trains(tmp_path):
