@@ -143,7 +143,7 @@ def test_run_eval_writes_a_table_and_reports(tmp_path):
 def test_shipped_checkpoint_starts_from_its_reference():
     """The demo checkpoint's first second of stream (2 chunks: DiT, 3 NFE, decoded) reads,
     through its probe, as closer to its own reference than to the other unseen characters'.
-    (Its first chunk alone does so for 3 of the 4: the model card has the distances.)"""
+    (The model card has the distances, and those of the first chunk alone.)"""
     from flowact.renderer.engine import build_text_encoder
     from flowact.renderer.training import evaluate as ev
     from flowact.renderer.training import speech
