@@ -189,7 +189,7 @@ def finetune_decoder(
         return vae, state, None
     clips = world.ClipConfig(chunks=training_chunks(cfg), size=cfg.size, split="eval")
     frames = world.make_clips(heldout_clips, clips, np.random.default_rng(12345), bank, device)
-    face = world.face_weight(*cfg.size, 2.0) > 1.0
+    face = world.face_region(*cfg.size)
     report = DecoderReport(
         base=reconstruction_psnr(vae, frames.frames),
         base_face=reconstruction_psnr(vae, frames.frames, face),

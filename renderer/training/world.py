@@ -344,13 +344,18 @@ def _arms(cv: _Canvas, f: dict[str, Tensor], c: dict[str, Tensor], x0: float) ->
         cv.paint(_ellipse(cv.x, cv.y, hx, hy, 0.03, 0.03), f["skin"] * 0.95)
 
 
-def face_weight(height: int, width: int, gain: float = 3.0) -> Tensor:
-    """Weight per pixel of a `height` x `width` grid (frame pixels or latent pixels): `gain`
-    over the region the world draws faces in, 1 elsewhere; mean-normalised to 1."""
+def face_region(height: int, width: int) -> Tensor:
+    """`[height, width]` bool mask of the region the world draws faces in, on a grid of frame
+    pixels or latent pixels."""
     ys = (torch.arange(height) + 0.5) / height
     xs = (torch.arange(width) + 0.5) / height + 0.5 - 0.5 * width / height
-    inside = ((xs[None] - 0.5) / 0.22) ** 2 + ((ys[:, None] - 0.4) / 0.26) ** 2 <= 1
-    weight = 1 + (gain - 1) * inside.float()
+    return ((xs[None] - 0.5) / 0.22) ** 2 + ((ys[:, None] - 0.4) / 0.26) ** 2 <= 1
+
+
+def face_weight(height: int, width: int, gain: float = 3.0) -> Tensor:
+    """Loss weight per pixel of that grid: `gain` over `face_region`, 1 elsewhere;
+    mean-normalised to 1."""
+    weight = 1 + (gain - 1) * face_region(height, width).float()
     return weight / weight.mean()
 
 

@@ -108,7 +108,8 @@ def test_decoder_finetuning_keeps_the_latent_space_and_resumes(tmp_path):
     for name, value in base.state_dict().items():  # the VAE it started from is left as it was
         assert torch.equal(before[name], value), name
     longer = replace(cfg, steps=40)
-    out, state, report = finetune_decoder(longer, base, tmp_path, torch.device("cpu"), False)
+    cpu = torch.device("cpu")
+    out, state, report = finetune_decoder(longer, base, tmp_path, cpu, progress=False)
     assert state.step == 40 and len(state.losses) == 40  # went on from step 2
     assert report.improved and report.tuned_face > report.base_face and out is not base
     tuned = out.state_dict()
