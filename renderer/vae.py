@@ -437,10 +437,16 @@ class CausalVideoVAE(nn.Module):
         frames = self.decoder(self.denormalize(latents).transpose(1, 2)).transpose(1, 2)
         return frames.clamp(-1.0, 1.0) if clamp else frames
 
-    def forward(self, frames: Tensor, sample: bool = True) -> VAEOutput:
-        """Training pass: reconstruct `[B, 1 + 4n, 3, H, W]` through a (sampled) latent."""
+    def forward(
+        self, frames: Tensor, sample: bool = True, latent_noise: Tensor | None = None
+    ) -> VAEOutput:
+        """Training pass: reconstruct `[B, 1 + 4n, 3, H, W]` through a (sampled) latent, with
+        Gaussian noise of std `latent_noise[b]` (`[B]`, normalised-latent units) added to it."""
         mean, logvar = self.encode_posterior(frames)
         z = mean + (0.5 * logvar).exp() * torch.randn_like(mean) if sample else mean
+        if latent_noise is not None:
+            std = latent_noise.view(-1, 1, 1, 1, 1) * self.latent_std.view(-1, 1, 1)
+            z = z + std.to(z.dtype) * torch.randn_like(z)
         recon = self.decoder(z.transpose(1, 2)).transpose(1, 2)  # [B, T, 3, H, W]
         return VAEOutput(recon, mean, logvar)
 

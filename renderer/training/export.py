@@ -6,10 +6,13 @@ small ones (norms, biases, latent statistics) stay float32. `load_into` casts ba
 modules' dtype on load, so the renderer loads it like any other checkpoint.
 
 `combine_checkpoints` writes one checkpoint with the VAE of another that shares its latent
-space (same encoder, same latent statistics): one run's DiT with another run's decoder.
+space (same encoder, same latent statistics), and / or another's probe: one run's DiT with
+another run's decoder and instrument.
 
     python -m flowact.renderer.training.export --base out/ckpt5 --vae-from checkpoints/demo \
         --out out/ckpt5_vae
+    python -m flowact.renderer.training.export --base out/ckpt6 --vae-from out/refit \
+        --probe-from out/refit --out out/ckpt6_refit
 """
 
 from __future__ import annotations
@@ -114,15 +117,40 @@ def checkpoint_bytes(directory: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(directory).glob("weights-*.safetensors"))
 
 
-def combine_checkpoints(base: str | Path, out: str | Path, vae_from: str | Path) -> Path:
-    """`base` with the VAE of `vae_from`, written to `out` (with `base`'s sampling and, where
-    `base` has none, `vae_from`'s reference frame). The DiT of `base` was trained on its VAE's
-    latents, so only a VAE with the same encoder and latent statistics is taken: one whose
-    decoder alone differs. Raises `ValueError` naming what differs."""
-    first, other = load_checkpoint(base), load_checkpoint(vae_from)
-    if first.vae.config != other.vae.config:
+def combine_checkpoints(
+    base: str | Path,
+    out: str | Path,
+    vae_from: str | Path | None = None,
+    probe_from: str | Path | None = None,
+) -> Path:
+    """`base` with the VAE of `vae_from` and / or the probe of `probe_from`, written to `out`
+    (with `base`'s sampling and, where `base` has none, a source's reference frame). The DiT of
+    `base` was trained on its VAE's latents, so only a VAE with the same encoder and latent
+    statistics is taken: one whose decoder alone differs. Raises `ValueError` naming what
+    differs, or what is missing."""
+    if vae_from is None and probe_from is None:
+        raise ValueError("nothing to combine: give vae_from, probe_from or both")
+    first = load_checkpoint(base)
+    vae, probe = first.vae, first.probe
+    if vae_from is not None:
+        vae = _same_latent_space(first.vae, load_checkpoint(vae_from).vae, base, vae_from)
+    if probe_from is not None:
+        probe = load_checkpoint(probe_from).probe
+        if probe is None:
+            raise ValueError(f"{probe_from} holds no probe")
+    directory = export_checkpoint(out, first.model, vae, first.audio, probe, first.sampling)
+    for source in (base, vae_from, probe_from):
+        ref = Path(source) / "reference.png" if source is not None else None
+        if ref is not None and ref.is_file() and not (directory / ref.name).is_file():
+            shutil.copyfile(ref, directory / ref.name)
+    return directory
+
+
+def _same_latent_space(mine_vae, their_vae, base, vae_from) -> vae_mod.CausalVideoVAE:
+    """`their_vae`, once it is known to encode as `mine_vae` does (it may decode otherwise)."""
+    if mine_vae.config != their_vae.config:
         raise ValueError(f"{vae_from}'s VAE is a different architecture from {base}'s")
-    mine, theirs = first.vae.state_dict(), other.vae.state_dict()
+    mine, theirs = mine_vae.state_dict(), their_vae.state_dict()
     differ = [
         n for n in mine if not n.startswith("decoder.") and not torch.equal(mine[n], theirs[n])
     ]
@@ -131,27 +159,21 @@ def combine_checkpoints(base: str | Path, out: str | Path, vae_from: str | Path)
             f"{vae_from}'s VAE has another latent space than {base}'s ({differ[0]} differs, "
             f"{len(differ)} tensors in all): {base}'s DiT cannot decode through it"
         )
-    directory = export_checkpoint(
-        out, first.model, other.vae, first.audio, first.probe, first.sampling
-    )
-    for source in (Path(base), Path(vae_from)):
-        ref = source / "reference.png"
-        if ref.is_file() and not (directory / ref.name).is_file():
-            shutil.copyfile(ref, directory / ref.name)
-    return directory
+    return their_vae
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description="Write one checkpoint's DiT, audio encoder and probe with another's VAE "
-        "(the same latent space, another decoder)."
+        description="Write one checkpoint's DiT and audio encoder with another's VAE (the same "
+        "latent space, another decoder) and / or another's probe."
     )
-    parser.add_argument("--base", required=True, help="checkpoint whose DiT, audio and probe")
-    parser.add_argument("--vae-from", required=True, help="checkpoint whose VAE")
+    parser.add_argument("--base", required=True, help="checkpoint whose DiT and audio encoder")
+    parser.add_argument("--vae-from", help="checkpoint whose VAE (default: the base's)")
+    parser.add_argument("--probe-from", help="checkpoint whose probe (default: the base's)")
     parser.add_argument("--out", required=True, help="directory to write")
     args = parser.parse_args()
     try:
-        combine_checkpoints(args.base, args.out, args.vae_from)
+        combine_checkpoints(args.base, args.out, args.vae_from, args.probe_from)
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
     print(f"wrote {args.out}")  # noqa: T201

@@ -6,10 +6,15 @@ what is done and continues what is not, and stops cleanly at `deadline` seconds,
 be cut into pieces of a few minutes (one `python -m flowact.renderer.training.pipeline ...`
 each). `prepare_data` makes the inputs that need tools the GPU machine may lack: the espeak-ng
 speech banks (training sentences, held-out evaluation sentences) and the prompt embedding table.
+`refit_checkpoint` (`refit`) trains anew what an exported checkpoint's latent space does not
+depend on, its VAE decoder and its probe, and writes the checkpoint with them.
 
     python -m flowact.renderer.training.pipeline prepare --data .train_data --preset demo
     python -m flowact.renderer.training.pipeline run --preset demo --data .train_data \
         --workdir out/train --checkpoint checkpoints/demo --deadline 560
+    python -m flowact.renderer.training.pipeline refit --init-from checkpoints/demo \
+        --workdir out/refit --checkpoint out/refit_ckpt --vae-decoder-seconds 480 \
+        --vae-face-gain 3 --vae-latent-noise 0.2 --probe-seconds 240
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ class PipelineConfig:
     vae_batch: int = 2  # clips of the VAE's reach: 133 frames each for `small`
     vae_face_gain: float = 1.0  # the VAE's reconstruction loss weight over the face region
     vae_decoder_lr: float = 2e-4
+    vae_latent_noise: float = 0.0  # the decoder stage's input-latent noise (VAETrainConfig)
     probe_batch: int = 128
     probe_width: int = 24
     latent_clips: int = 768
@@ -157,15 +163,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     }
     if cfg.vae_decoder_seconds > 0:
         # sharper frames from the same latent space: a DiT from init_from keeps its latents
-        dec_cfg = replace(vae_cfg, seconds=cfg.vae_decoder_seconds, lr=cfg.vae_decoder_lr)
-        vae, dec_state, dec_report = finetune_decoder(
-            dec_cfg, vae, work, device, bank, piece_seconds=left()
-        )
-        summary["vae_decoder"] = {
-            **_stage_summary(dec_state),
-            "heldout": asdict(dec_report) if dec_report else None,
-            "kept": bool(dec_report and dec_report.improved),
-        }
+        vae = _finetune_decoder(cfg, vae_cfg, vae, work, device, bank, left(), summary)
 
     # probe: half of each batch through the VAE, so it reads decoded frames too
     probe = _train_probe(cfg, work, device, vae, size, min(left(), cfg.probe_seconds), summary)
@@ -368,6 +366,71 @@ def _seed_from_checkpoint(work: Path, cfg: PipelineConfig) -> None:
     log.info("workdir_seeded", checkpoint=str(checkpoint), workdir=str(work), dit=cfg.init_dit)
 
 
+def _finetune_decoder(cfg, vae_cfg, vae, work, device, bank, seconds, summary):
+    dec_cfg = replace(
+        vae_cfg,
+        seconds=cfg.vae_decoder_seconds,
+        lr=cfg.vae_decoder_lr,
+        latent_noise=cfg.vae_latent_noise,
+    )
+    vae, state, report = finetune_decoder(dec_cfg, vae, work, device, bank, piece_seconds=seconds)
+    summary["vae_decoder"] = {
+        **_stage_summary(state),
+        "heldout": asdict(report) if report else None,
+        "kept": bool(report and report.improved),
+    }
+    return vae
+
+
+def refit_checkpoint(cfg: PipelineConfig) -> dict:
+    """Train anew the parts of the exported checkpoint `cfg.init_from` that leave its latent
+    space as it is: its VAE decoder (`vae_decoder_seconds`, 0 keeps it) and its probe
+    (`probe_seconds`, 0 keeps it; a new probe reads frames through the VAE this writes). Writes
+    `cfg.checkpoint` with them and the source's DiT, audio encoder, sampling and reference
+    frame; resumable from `cfg.workdir` like a run. Returns the summary (`workdir/summary.json`)."""
+    if not (Path(cfg.init_from) / "index.json").is_file():
+        raise FileNotFoundError(f"{cfg.init_from} is not an exported checkpoint (no index.json)")
+    start = time.monotonic()
+    device = pick_device(cfg.device)
+    work, data_dir = Path(cfg.workdir), Path(cfg.data)
+    work.mkdir(parents=True, exist_ok=True)
+    summary_path = work / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary["config"] = asdict(cfg)
+    earlier = summary.get("wall_seconds", 0.0)
+    bundle = load_checkpoint(cfg.init_from, device)
+    vae = bundle.vae.float().requires_grad_(False)
+    size = (bundle.config.height, bundle.config.width)
+    bank = speech.load_bank(data_dir / "speech_train.npz")
+    if cfg.vae_decoder_seconds > 0:
+        vae_cfg = VAETrainConfig(
+            VAE_PRESET[cfg.preset],
+            size,
+            chunks=cfg.vae_chunks or None,
+            batch=cfg.vae_batch,
+            steps=100_000,
+            face_gain=cfg.vae_face_gain,
+            seed=cfg.seed,
+        )
+        vae = _finetune_decoder(cfg, vae_cfg, vae, work, device, bank, cfg.deadline, summary)
+        done = summary["vae_decoder"]["heldout"] is not None
+    else:
+        done = True
+    probe = bundle.probe
+    if cfg.probe_seconds > 0 and done:
+        left = cfg.deadline - (time.monotonic() - start)
+        probe = _train_probe(cfg, work, device, vae, size, min(left, cfg.probe_seconds), summary)
+    if done:
+        export_checkpoint(cfg.checkpoint, bundle.model, vae, bundle.audio, probe, bundle.sampling)
+        ref = Path(cfg.init_from) / "reference.png"
+        if ref.is_file():
+            shutil.copyfile(ref, Path(cfg.checkpoint) / ref.name)
+        summary["checkpoint"] = cfg.checkpoint
+    summary["wall_seconds"] = earlier + time.monotonic() - start
+    summary_path.write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
 def _train_probe(cfg, work, device, vae, size, seconds, summary) -> PoseProbe:
     path = work / "probe.pt"
     pcfg = ProbeConfig(size=size, width=cfg.probe_width)
@@ -467,25 +530,33 @@ def main() -> None:
     prep.add_argument("--data", default=".train_data")
     prep.add_argument("--preset", default="demo")
     run = sub.add_parser("run")
+    refit = sub.add_parser(
+        "refit", help="a checkpoint's VAE decoder and probe trained anew (see refit_checkpoint)"
+    )
     for name, value in asdict(PipelineConfig()).items():
         flag = f"--{name.replace('_', '-')}"
-        if isinstance(value, bool):
-            run.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
-            continue
-        kind = type(value) if value is not None and not isinstance(value, float) else float
-        if name in ("preset", "data", "workdir", "checkpoint", "device", "init_from"):
-            kind = str
-        run.add_argument(flag, type=kind, default=value)
+        for command in (run, refit):
+            if isinstance(value, bool):
+                command.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+                continue
+            kind = type(value) if value is not None and not isinstance(value, float) else float
+            if name in ("preset", "data", "workdir", "checkpoint", "device", "init_from"):
+                kind = str
+            command.add_argument(flag, type=kind, default=value)
     args = parser.parse_args()
     if args.cmd == "prepare":
         prepare_data(args.data, args.preset)
-    else:
-        config = PipelineConfig(**{k: getattr(args, k) for k in asdict(PipelineConfig())})
-        try:
-            check_config(config)
-        except (FileNotFoundError, ValueError) as err:
-            run.error(str(err))  # exits 2 with the usage line, as argparse does
-        print(json.dumps(run_pipeline(config), indent=1, default=str))  # noqa: T201
+        return
+    config = PipelineConfig(**{k: getattr(args, k) for k in asdict(PipelineConfig())})
+    command = run if args.cmd == "run" else refit
+    try:
+        check_config(config)
+        if args.cmd == "refit" and not config.init_from:
+            raise ValueError("refit needs --init-from: the checkpoint whose decoder and probe")
+    except (FileNotFoundError, ValueError) as err:
+        command.error(str(err))  # exits 2 with the usage line, as argparse does
+    work = run_pipeline if args.cmd == "run" else refit_checkpoint
+    print(json.dumps(work(config), indent=1, default=str))  # noqa: T201
 
 
 if __name__ == "__main__":

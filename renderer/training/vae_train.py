@@ -14,6 +14,8 @@ normalises the latents to zero mean and unit variance per channel, what the DiT 
 `finetune_decoder` trains the decoder alone with the encoder and the latent statistics frozen:
 sharper frames from the same latent space, so a DiT trained on it needs no retraining. It keeps
 the new decoder only if it reconstructs held-out clips better over the face (`DecoderReport`).
+With `latent_noise` its input latents are noised, since at inference it decodes a DiT's latents,
+which are near the encoder's but not the encoder's.
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ class VAETrainConfig:
     lr: float = 4e-4
     kl_weight: float = 1e-4
     face_gain: float = 1.0  # loss weight over the face region, against 1 elsewhere
+    # decoder stage only: the decoder's input latents get Gaussian noise of a std drawn per
+    # clip from U(0, latent_noise) (normalised units), so that it learns to decode latents
+    # near the encoder's (a DiT's) as well as the encoder's own
+    latent_noise: float = 0.0
     seconds: float = math.inf
     save_every: int = 500
     stats_clips: int = 32
@@ -60,11 +66,19 @@ class VAETrainConfig:
 
 
 def vae_loss(
-    vae: vae_mod.CausalVideoVAE, frames: torch.Tensor, kl_weight: float, face_gain: float = 1.0
+    vae: vae_mod.CausalVideoVAE,
+    frames: torch.Tensor,
+    kl_weight: float,
+    face_gain: float = 1.0,
+    latent_noise: float = 0.0,
 ) -> torch.Tensor:
     """frames `[B, 1 + 4n, 3, H, W]` -> face-weighted L1 + MSE + kl_weight * mean KL per latent
-    element (no KL term at `kl_weight` 0, where the encoder is frozen)."""
-    out = vae(frames, sample=True)
+    element (no KL term at `kl_weight` 0, where the encoder is frozen); with `latent_noise`, the
+    reconstruction is decoded from latents noised as `VAETrainConfig.latent_noise` says."""
+    noise = None
+    if latent_noise > 0:
+        noise = latent_noise * torch.rand(frames.shape[0], device=frames.device)
+    out = vae(frames, sample=True, latent_noise=noise)
     err = out.recon.float() - frames.float()
     weight = world.face_weight(*frames.shape[-2:], face_gain).to(frames.device)
     recon = ((err.abs() + err.pow(2)) * weight).mean()
@@ -84,6 +98,9 @@ def train_vae(
 ) -> tuple[vae_mod.CausalVideoVAE, StageState]:
     """Train (resuming from `workdir/vae/state.pt`) for at most `piece_seconds` now out of the
     stage's `cfg.seconds`; latent stats are (re)set whenever steps ran, and saved."""
+    if cfg.latent_noise > 0:
+        # before the latent statistics exist, "normalised units" would mean nothing
+        raise ValueError("latent_noise is for the decoder stage (finetune_decoder) only")
     torch.manual_seed(cfg.seed)
     vae = vae_mod.build_vae(cfg.preset).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=1e-4)
@@ -123,7 +140,7 @@ def _step_fn(cfg, vae, opt, state, clip_cfg, rng, bank, device) -> Callable[[int
             group["lr"] = lr
         clips = world.make_clips(cfg.batch, clip_cfg, rng, bank, device)
         with autocast(device):
-            loss = vae_loss(vae, clips.frames, cfg.kl_weight, cfg.face_gain)
+            loss = vae_loss(vae, clips.frames, cfg.kl_weight, cfg.face_gain, cfg.latent_noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -15,7 +15,7 @@ from flowact.renderer.text import HashTextEncoder
 from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import speech
 from flowact.renderer.training.export import combine_checkpoints, export_checkpoint, load_checkpoint
-from flowact.renderer.training.pipeline import PipelineConfig, run_pipeline
+from flowact.renderer.training.pipeline import PipelineConfig, refit_checkpoint, run_pipeline
 
 TINY_BUDGETS = dict(
     preset="tiny",
@@ -231,6 +231,59 @@ def test_a_checkpoint_takes_the_decoder_of_another_in_its_latent_space(main_run,
     with pytest.raises(ValueError, match=r"another latent space .* \(encoder\.\S+ differs"):
         combine_checkpoints(ckpt, tmp_path / "bad", tmp_path / "encoder")
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_checkpoint_takes_the_probe_of_another(main_run, tmp_path):
+    _, ckpt, _ = main_run
+    other = load_checkpoint(ckpt)
+    with torch.no_grad():
+        next(other.probe.parameters()).add_(0.5)
+        next(other.vae.encoder.parameters()).add_(0.5)  # a probe comes with any VAE
+    export_checkpoint(tmp_path / "other", other.model, other.vae, other.audio, other.probe)
+    combined = load_checkpoint(
+        combine_checkpoints(ckpt, tmp_path / "out", probe_from=tmp_path / "other")
+    )
+    for name, value in other.probe.state_dict().items():
+        assert torch.equal(combined.probe.state_dict()[name], value), name
+    base = load_checkpoint(ckpt)
+    for name, value in base.vae.state_dict().items():
+        assert torch.equal(combined.vae.state_dict()[name], value), name
+    export_checkpoint(tmp_path / "bare", other.model, other.vae, other.audio)
+    with pytest.raises(ValueError, match="holds no probe"):
+        combine_checkpoints(ckpt, tmp_path / "bad", probe_from=tmp_path / "bare")
+    with pytest.raises(ValueError, match="nothing to combine"):
+        combine_checkpoints(ckpt, tmp_path / "bad")
+
+
+def test_a_refit_trains_the_decoder_and_probe_and_keeps_the_rest(main_run, tmp_path):
+    data, ckpt, _ = main_run
+    cfg = PipelineConfig(
+        data=str(data),
+        workdir=str(tmp_path / "refit"),
+        checkpoint=str(tmp_path / "refit_ckpt"),
+        init_from=str(ckpt),
+        vae_decoder_seconds=1.0,
+        vae_latent_noise=0.2,
+        **TINY_BUDGETS,
+    )
+    summary = refit_checkpoint(cfg)
+    assert summary["vae_decoder"]["steps"] > 0 and summary["probe"]["steps"] > 0
+    assert json.loads((tmp_path / "refit" / "summary.json").read_text())["checkpoint"]
+    base, refit = load_checkpoint(ckpt), load_checkpoint(tmp_path / "refit_ckpt")
+    assert refit.sampling == base.sampling
+    for part in ("model", "audio"):
+        for name, value in getattr(base, part).state_dict().items():
+            assert torch.equal(getattr(refit, part).state_dict()[name], value), (part, name)
+    kept = summary["vae_decoder"]["kept"]
+    for name, value in base.vae.state_dict().items():
+        same = torch.equal(refit.vae.state_dict()[name], value)
+        assert same or (kept and name.startswith("decoder.")), name
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(refit.probe.parameters(), base.probe.parameters(), strict=True)
+    )
+    with pytest.raises(FileNotFoundError, match="not an exported checkpoint"):
+        refit_checkpoint(PipelineConfig(data=str(data), init_from=str(tmp_path / "refit")))
 
 
 def test_a_run_names_missing_data_before_it_trains(tmp_path):

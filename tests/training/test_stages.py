@@ -123,6 +123,30 @@ def test_decoder_finetuning_keeps_the_latent_space_and_resumes(tmp_path):
     assert reconstruction_psnr(out, frames) > reconstruction_psnr(base, frames)
 
 
+def test_noised_latents_decode_otherwise_and_the_decoder_still_learns(tiny_vae):
+    vae = copy.deepcopy(tiny_vae).train()
+    vae.encoder.requires_grad_(False)
+    frames = world.make_clips(
+        2, world.ClipConfig(chunks=1, size=(32, 32)), np.random.default_rng(0)
+    )
+    frames = frames.frames
+    with torch.no_grad():
+        clean = vae(frames, sample=False).recon
+        none = vae(frames, sample=False, latent_noise=torch.zeros(2)).recon
+        noised = vae(frames, sample=False, latent_noise=torch.tensor([0.0, 0.5])).recon
+    assert torch.equal(clean, none)
+    assert torch.equal(noised[0], clean[0]) and not torch.allclose(noised[1], clean[1])
+    torch.manual_seed(0)
+    losses = _fit(vae.decoder.parameters(), lambda: vae_loss(vae, frames, 0.0, 3.0, 0.3), 12, 3e-3)
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_latent_noise_is_refused_where_the_latent_statistics_do_not_exist_yet():
+    cfg = VAETrainConfig(preset="tiny", size=(32, 32), chunks=1, steps=1, latent_noise=0.2)
+    with pytest.raises(ValueError, match="decoder stage"):
+        train_vae(cfg, None, torch.device("cpu"), progress=False)
+
+
 def test_vae_trains_on_clips_longer_than_its_reach():
     cfg = VAETrainConfig(preset="tiny")
     assert clip_frames(training_chunks(cfg)) > temporal_reach(PRESETS["tiny"])
