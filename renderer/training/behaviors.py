@@ -334,26 +334,26 @@ def random_controls(n: int, rng: np.random.Generator) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- classification
 
-# What each channel's classifier looks at in a window of controls: means and spreads.
-_FEATURES: dict[str, tuple[tuple[str, str], ...]] = {
-    "posture": (("mean", "roll"), ("mean", "lean")),
-    "gaze": (
-        ("std", "pitch"),
-        ("std", "yaw"),
-        ("mean", "gaze_x"),
-        ("mean", "gaze_y"),
-        ("mean", "pitch"),
-        ("mean", "yaw"),
-    ),
-    "face": (("mean", "smile"), ("mean", "brows")),
-    "gesture": (
-        ("mean", "l_raise"),
-        ("mean", "r_raise"),
-        ("mean", "r_bend"),
-        ("std", "r_bend"),
-        ("mean", "l_bend"),
-    ),
-}
+
+def _channel_features() -> dict[str, tuple[tuple[str, str], ...]]:
+    """What each channel's classifier looks at in a window of controls: the spread of every
+    control one of the channel's behaviors oscillates, and the mean of every control one holds
+    or oscillates (a surprise is its raised brows and its wide eyes)."""
+    out = {}
+    for channel in BEHAVIOR_CHANNELS:
+        swung: list[str] = []
+        held: list[str] = []
+        for b in BEHAVIORS:
+            if b.channel != channel:
+                continue
+            swung += [name for name, *_ in b.oscillate if name not in swung]
+            held += [name for name, _ in b.targets if name not in held]
+        held += [name for name in swung if name not in held]
+        out[channel] = tuple(("std", n) for n in swung) + tuple(("mean", n) for n in held)
+    return out
+
+
+_FEATURES = _channel_features()
 
 
 def window_features(controls: np.ndarray, channel: str) -> np.ndarray:

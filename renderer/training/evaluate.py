@@ -12,7 +12,8 @@ Metrics, per `bin_seconds` of stream time and over the whole stream:
 - lip-sync: Pearson r of the probe's mouth openness with the speech envelope's mouth
   (`speech.mouth_from_pcm`), generated vs ground-truth frames;
 - behavior accuracy: per channel and 24-frame window fully inside a commanded segment, the
-  behavior `behaviors.classify` reads from the probe's controls equals the command;
+  behavior `behaviors.classify` reads from the probe's controls equals the command (over all
+  channels, and for each prompt channel alone);
 - identity drift: distance of the probe's identity embedding from the reference frame's;
 - smoothness: mean absolute frame-to-frame change of the probe's controls, and the seam ratio
   (pixel change across chunk boundaries over the change within chunks; 1 = seamless).
@@ -84,8 +85,12 @@ class EvalReport:
     bin_seconds: float
     config: dict
     # ground truth through the VAE over the stream's first seconds: metric -> value, and
-    # "psnr_by_second" (a VAE that decays as a stream goes on shows here first)
+    # "psnr_by_second" (a VAE that decays as a stream goes on shows here first), and
+    # "behavior_channels" (channel -> accuracy)
     vae: dict = field(default_factory=dict)
+    # behavior accuracy of each prompt channel over the whole stream: channel ->
+    # {"generated", "ground_truth"} (empty in reports written before it was measured)
+    behavior_channels: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def table(self) -> str:
         columns = ["metric", "generated", "ground truth"]
@@ -96,6 +101,16 @@ class EvalReport:
             cells = [name, f"{values['generated']:.3f}", f"{values['ground_truth']:.3f}"]
             if self.vae:
                 cells.append(f"{self.vae[name]:.3f}" if name in self.vae else "")
+            rows.append("| " + " | ".join(cells) + " |")
+        vae_channels = self.vae.get("behavior_channels", {})
+        for channel, values in self.behavior_channels.items():
+            cells = [
+                f"behavior: {channel}",
+                f"{values['generated']:.3f}",
+                f"{values['ground_truth']:.3f}",
+            ]
+            if self.vae:
+                cells.append(f"{vae_channels[channel]:.3f}" if channel in vae_channels else "")
             rows.append("| " + " | ".join(cells) + " |")
         if "psnr_by_second" in self.vae:
             psnr = ", ".join(f"{v:.1f}" for v in self.vae["psnr_by_second"])
@@ -359,9 +374,11 @@ def read_through_vae(
     samples = frames * SAMPLES_PER_CHUNK // FRAMES_PER_CHUNK
     mouth = np.stack([speech.mouth_from_pcm(p[:samples]) for p in streams.pcm])
     behavior = np.stack([t.behavior for t in streams.timeline])[:, :frames]
+    protos = bh.prototypes(cfg.window)
     return {
         "lipsync": lipsync(c[..., 0], mouth),
-        "behavior": behavior_accuracy(c, behavior, cfg.window, bh.prototypes(cfg.window))[0],
+        "behavior": behavior_accuracy(c, behavior, cfg.window, protos)[0],
+        "behavior_channels": behavior_by_channel(c, behavior, cfg.window, protos),
         "identity_drift": identity_drift(reading.identity.cpu().numpy(), ref),
         "control_jitter": jitter(c),
         "psnr_by_second": [float(psnr[s : s + FPS].mean()) for s in range(0, frames, FPS)],
@@ -382,15 +399,16 @@ def lipsync(mouth_read: np.ndarray, mouth_gt: np.ndarray) -> float:
     return _pearson(mouth_read.ravel(), mouth_gt.ravel())
 
 
-def behavior_accuracy(
+def behavior_hits(
     controls: np.ndarray, behavior: np.ndarray, window: int, protos: dict[str, np.ndarray]
-) -> tuple[float, int]:
-    """Share of (window, channel) pairs, inside one commanded segment and past its ramp,
-    whose classified behavior equals the command (idle included); and their count."""
+) -> dict[str, tuple[int, int]]:
+    """Per channel: of the windows inside one commanded segment and past its ramp, how many
+    are classified as the command (idle included), and how many there are."""
     ramp = int(bh.RAMP_SECONDS * FPS) + 2
-    hits, total = 0, 0
-    b, t, _ = controls.shape
+    out = {}
+    t = controls.shape[1]
     for ch, channel in enumerate(bh.BEHAVIOR_CHANNELS):
+        hits, total = 0, 0
         for start in range(0, t - window + 1, window):
             span = behavior[:, max(0, start - ramp) : start + window, ch]  # [B, w + ramp]
             steady = (span == span[:, :1]).all(1)
@@ -399,7 +417,26 @@ def behavior_accuracy(
             pred = bh.classify(controls[steady, start : start + window], channel, protos)
             hits += int((pred == span[steady, 0]).sum())
             total += int(steady.sum())
+        out[channel] = (hits, total)
+    return out
+
+
+def behavior_accuracy(
+    controls: np.ndarray, behavior: np.ndarray, window: int, protos: dict[str, np.ndarray]
+) -> tuple[float, int]:
+    """Share of (window, channel) pairs classified as commanded (`behavior_hits` over every
+    channel); and their count."""
+    counts = behavior_hits(controls, behavior, window, protos).values()
+    hits, total = sum(h for h, _ in counts), sum(n for _, n in counts)
     return (hits / total if total else float("nan")), total
+
+
+def behavior_by_channel(
+    controls: np.ndarray, behavior: np.ndarray, window: int, protos: dict[str, np.ndarray]
+) -> dict[str, float]:
+    """`behavior_accuracy` of each prompt channel alone."""
+    counts = behavior_hits(controls, behavior, window, protos)
+    return {ch: (h / n if n else float("nan")) for ch, (h, n) in counts.items()}
 
 
 def identity_drift(identity: np.ndarray, ref: np.ndarray) -> float:
@@ -438,7 +475,10 @@ def compute_report(r: StreamReadings, cfg: EvalConfig) -> EvalReport:
         m: {"generated": [g[m] for g, _ in per], "ground_truth": [t[m] for _, t in per]}
         for m in METRICS
     }
-    return EvalReport(overall, series, per_bin / FPS, asdict(cfg))
+    gen_ch = behavior_by_channel(r.gen_controls, r.behavior, cfg.window, protos)
+    gt_ch = behavior_by_channel(r.gt_controls, r.behavior, cfg.window, protos)
+    channels = {ch: {"generated": gen_ch[ch], "ground_truth": gt_ch[ch]} for ch in gen_ch}
+    return EvalReport(overall, series, per_bin / FPS, asdict(cfg), behavior_channels=channels)
 
 
 # ------------------------------------------------------------------------------------ plots

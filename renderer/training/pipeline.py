@@ -75,6 +75,8 @@ class PipelineConfig:
     vae_latent_noise: float = 0.0  # the decoder stage's input-latent noise (VAETrainConfig)
     probe_batch: int = 128
     probe_width: int = 24
+    probe_lr: float = 2e-3
+    probe_balanced: bool = False  # ProbeTrainConfig.balanced: each control over its spread
     latent_clips: int = 768
     clip_chunks: int = 20
     batch: int = 64
@@ -418,8 +420,8 @@ def refit_checkpoint(cfg: PipelineConfig) -> dict:
         done = True
     probe = bundle.probe
     if cfg.probe_seconds > 0 and done:
-        left = cfg.deadline - (time.monotonic() - start)
-        probe = _train_probe(cfg, work, device, vae, size, min(left, cfg.probe_seconds), summary)
+        left = min(cfg.deadline - (time.monotonic() - start), cfg.probe_seconds)
+        probe = _train_probe(cfg, work, device, vae, size, left, summary)
     if done:
         export_checkpoint(cfg.checkpoint, bundle.model, vae, bundle.audio, probe, bundle.sampling)
         ref = Path(cfg.init_from) / "reference.png"
@@ -432,6 +434,7 @@ def refit_checkpoint(cfg: PipelineConfig) -> dict:
 
 
 def _train_probe(cfg, work, device, vae, size, seconds, summary) -> PoseProbe:
+    """A new probe trained for `seconds`, or the one `work` already holds."""
     path = work / "probe.pt"
     pcfg = ProbeConfig(size=size, width=cfg.probe_width)
     probe = PoseProbe(pcfg).to(device)
@@ -442,8 +445,15 @@ def _train_probe(cfg, work, device, vae, size, seconds, summary) -> PoseProbe:
     def through_vae(frames: torch.Tensor) -> torch.Tensor:
         return vae.decode(vae.encode(frames[:, None]))[:, 0]
 
-    tcfg = ProbeTrainConfig(steps=100_000, batch=cfg.probe_batch, seconds=seconds, seed=cfg.seed)
-    steps = _probe_steps(pcfg, tcfg, device, seconds)
+    tcfg = ProbeTrainConfig(
+        steps=100_000,
+        batch=cfg.probe_batch,
+        lr=cfg.probe_lr,
+        seconds=seconds,
+        seed=cfg.seed,
+        balanced=cfg.probe_balanced,
+    )
+    steps = _probe_steps(pcfg, tcfg, device, seconds, through_vae)
     probe, losses = train_probe(pcfg, replace(tcfg, steps=steps), device, transform=through_vae)
     torch.save(probe.state_dict(), path)
     from flowact.renderer.training.probe import score_probe
@@ -459,22 +469,26 @@ def _train_probe(cfg, work, device, vae, size, seconds, summary) -> PoseProbe:
     return probe
 
 
-def _probe_steps(pcfg: ProbeConfig, tcfg: ProbeTrainConfig, device, seconds: float) -> int:
-    """Steps that fit `seconds`, from the time of a few (the schedule needs a step count)."""
+def _probe_steps(pcfg, tcfg: ProbeTrainConfig, device, seconds: float, transform) -> int:
+    """Steps that fit `seconds`, from the time of a few whole ones (half of each batch through
+    `transform`, as in training): the schedule needs a step count."""
     probe = PoseProbe(pcfg).to(device)
     rng = np.random.default_rng(0)
     from flowact.renderer.training.probe import probe_loss, random_frames
 
-    for i in range(5):  # two to warm up, three timed
-        if i == 2:
+    for i in range(4):  # one to warm up, three timed
+        if i == 1:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.monotonic()
         frames, controls, ident = random_frames(tcfg.batch, pcfg.size, rng, device)
-        probe_loss(probe, frames, controls, ident, 0.5).backward()
+        with torch.no_grad():
+            half = tcfg.batch // 2
+            frames = torch.cat([transform(frames[:half]), frames[half:]])
+        probe_loss(probe, frames, controls, ident, 0.5, tcfg.balanced).backward()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    per = (time.monotonic() - t0) / 3 * 1.3  # the VAE pass on half the batch
+    per = (time.monotonic() - t0) / 3
     return max(50, int(seconds / per))
 
 

@@ -46,6 +46,10 @@ class ProbeTrainConfig:
     seconds: float = math.inf  # wall-clock budget; stops early when reached
     seed: int = 0
     identity_weight: float = 0.5
+    # each control's squared error over its spread in training (`CONTROL_STD`), so that a
+    # control with a small range or a small visual footprint (brows, gaze) counts as much as
+    # the mouth; False: plain squared error, as the shipped probes were trained
+    balanced: bool = False
 
 
 class ProbeOutput(NamedTuple):
@@ -111,11 +115,25 @@ def random_frames(
     return frames, controls, world.identity_targets(identity)
 
 
+# the spread of each control under `random_controls`, what probes are trained on
+CONTROL_STD = torch.from_numpy(bh.random_controls(1 << 16, np.random.default_rng(0)).std(0))
+
+
 def probe_loss(
-    probe: PoseProbe, frames: Tensor, controls: Tensor, ident: Tensor, w: float
+    probe: PoseProbe,
+    frames: Tensor,
+    controls: Tensor,
+    ident: Tensor,
+    w: float,
+    balanced: bool = False,
 ) -> Tensor:
+    """Squared error of the controls (each over its spread if `balanced`) + `w` x that of the
+    identity attributes."""
     out = probe(frames)
-    return F.mse_loss(out.controls, controls) + w * F.mse_loss(out.identity, ident)
+    err = out.controls - controls
+    if balanced:
+        err = err / CONTROL_STD.to(err.device, err.dtype)
+    return err.pow(2).mean() + w * F.mse_loss(out.identity, ident)
 
 
 def train_probe(
@@ -144,7 +162,7 @@ def train_probe(
             half = train.batch // 2
             with torch.no_grad():
                 frames = torch.cat([transform(frames[:half]), frames[half:]])
-        loss = probe_loss(probe, frames, controls, ident, train.identity_weight)
+        loss = probe_loss(probe, frames, controls, ident, train.identity_weight, train.balanced)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

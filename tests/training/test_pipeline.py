@@ -264,6 +264,7 @@ def test_a_refit_trains_the_decoder_and_probe_and_keeps_the_rest(main_run, tmp_p
         init_from=str(ckpt),
         vae_decoder_seconds=1.0,
         vae_latent_noise=0.2,
+        probe_balanced=True,
         **TINY_BUDGETS,
     )
     summary = refit_checkpoint(cfg)

@@ -93,6 +93,26 @@ def _tiny_bundle(probe) -> Bundle:
     return Bundle(config, model, vae, audio, probe, {"micro_steps": 1, "guidance": 2.0})
 
 
+def test_a_balanced_probe_loss_weighs_each_control_by_its_spread():
+    from flowact.renderer.training.probe import CONTROL_STD
+
+    assert CONTROL_STD.shape == (len(bh.CONTROLS),) and (CONTROL_STD > 0.1).all()
+    probe = PoseProbe(ProbeConfig(size=(32, 32), width=8, hidden=32)).eval()
+    frames = torch.zeros(4, 3, 32, 32)
+    with torch.no_grad():
+        out = probe(frames)
+        ident = out.identity.clone()
+        brows = out.controls.clone()
+        brows[:, bh.C["brows"]] += 0.5  # the same error on a narrow and on a wide control
+        gaze = out.controls.clone()
+        gaze[:, bh.C["gaze_x"]] += 0.5
+        plain = [probe_loss(probe, frames, c, ident, 0.5).item() for c in (brows, gaze)]
+        fair = [probe_loss(probe, frames, c, ident, 0.5, True).item() for c in (brows, gaze)]
+    assert plain[0] == pytest.approx(plain[1])
+    ratio = (CONTROL_STD[bh.C["gaze_x"]] / CONTROL_STD[bh.C["brows"]]).item() ** 2
+    assert fair[0] / fair[1] == pytest.approx(ratio, rel=1e-4) and ratio > 1.5
+
+
 def test_export_round_trip_in_bfloat16(tmp_path):
     probe = PoseProbe(ProbeConfig(size=(32, 32), width=8, hidden=32))
     b = _tiny_bundle(probe)
@@ -128,6 +148,11 @@ def test_run_eval_writes_a_table_and_reports(tmp_path):
         "control_jitter",
         "seam_ratio",
     }
+    assert set(report.behavior_channels) == set(bh.BEHAVIOR_CHANNELS)
+    assert set(report.vae["behavior_channels"]) == set(bh.BEHAVIOR_CHANNELS)
+    loaded = EvalReport.load(tmp_path / "eval")
+    assert loaded.behavior_channels == report.behavior_channels
+    assert "| behavior: face |" in (tmp_path / "eval" / "report.md").read_text()
     assert len(report.bins["identity_drift"]["generated"]) >= 2
     assert report.overall["identity_drift"]["generated"] > 0
     table = (tmp_path / "eval" / "report.md").read_text()
@@ -137,6 +162,34 @@ def test_run_eval_writes_a_table_and_reports(tmp_path):
     assert len(psnr) == 3 and all(np.isfinite(psnr)) and "VAE reconstruction PSNR" in table
     assert -1 <= report.vae["lipsync"] <= 1 and report.vae["identity_drift"] > 0
     assert (tmp_path / "eval" / "vae_psnr.png").stat().st_size > 0
+
+
+def test_behavior_accuracy_pools_the_channels_and_tells_them_apart():
+    from flowact.renderer.training.evaluate import (
+        behavior_accuracy,
+        behavior_by_channel,
+        behavior_hits,
+    )
+
+    rng = np.random.default_rng(0)
+    frames = 40 * tb.FRAMES_PER_CHUNK
+    cfg = bh.TimelineConfig(3, 5, idle_prob=0.25, heldout=True)
+    timelines = [bh.sample_timeline(frames, rng, cfg) for _ in range(3)]
+    controls = np.stack([bh.controls_for(t, np.zeros(frames, np.float32), rng) for t in timelines])
+    behavior = np.stack([t.behavior for t in timelines])
+    protos, window = bh.prototypes(), 2 * tb.FRAMES_PER_CHUNK
+    assert all(v > 0.9 for v in behavior_by_channel(controls, behavior, window, protos).values())
+    flat = controls.copy()
+    for name in ("smile", "brows", "eyes"):  # a face that never moves
+        flat[..., bh.C[name]] = bh.neutral_controls(1)[0, bh.C[name]]
+    by_channel = behavior_by_channel(flat, behavior, window, protos)
+    assert by_channel["face"] < 0.7 and by_channel["posture"] > 0.9
+    counts = behavior_hits(flat, behavior, window, protos)
+    pooled = sum(h for h, _ in counts.values()) / sum(n for _, n in counts.values())
+    assert behavior_accuracy(flat, behavior, window, protos) == (
+        pooled,
+        sum(n for _, n in counts.values()),
+    )
 
 
 @pytest.mark.skipif(not (DEMO / "index.json").is_file(), reason="no shipped demo checkpoint")

@@ -93,6 +93,22 @@ def test_classifier_reads_every_behavior_from_ground_truth_controls():
             assert (bh.classify(wins, channel, protos) == want).all(), (channel, b)
 
 
+def test_the_classifier_reads_every_control_a_behavior_sets():
+    rng = np.random.default_rng(2)
+    protos = bh.prototypes()
+    window = 2 * FRAMES_PER_CHUNK
+    for b in bh.BEHAVIORS:
+        features = {name for _, name in bh._FEATURES[b.channel]}
+        assert {name for name, _ in b.targets} <= features, b.name
+        assert {name for name, *_ in b.oscillate} <= features, b.name
+    # a surprise whose raised brows go unseen still reads as one, from its wide eyes
+    surprise = next(i for i, b in enumerate(bh.BEHAVIORS) if b.name == "surprise")
+    tl = bh.constant_timeline(4 * window, {"face": "surprise"})
+    ctrl = bh.controls_for(tl, np.zeros(4 * window, np.float32), rng, False)
+    ctrl[:, bh.C["brows"]] = 0.0
+    assert (bh.classify(ctrl.reshape(4, window, -1), "face", protos) == surprise).all()
+
+
 def test_mouth_follows_the_envelope():
     silence = np.zeros(10 * SAMPLES_PER_FRAME, np.float32)
     assert (speech.mouth_from_pcm(silence) == 0).all()
