@@ -492,10 +492,16 @@ def evaluate(
         Optional[float],  # noqa: UP045
         typer.Option(help="CFG scale of the prompts (default: the checkpoint's sampling.json)."),
     ] = None,
+    probe_from: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Read the frames with this checkpoint's probe (default: its own)."),
+    ] = None,
     device: DeviceOption = None,
 ) -> None:
     """Lip-sync, behavior accuracy, identity drift and smoothness of a checkpoint, with plots."""
     from flowact.renderer.training.evaluate import EvalConfig, run_eval
+    from flowact.renderer.training.export import load_checkpoint
+    from flowact.renderer.weights import read_index
 
     config = EvalConfig(
         seconds=seconds,
@@ -504,7 +510,17 @@ def evaluate(
         speech_bank=str(speech_bank) if speech_bank else None,
         guidance=guidance,
     )
-    report = run_eval(checkpoint, out, config, device=device or "cpu")
+    probe = None
+    if probe_from is not None:
+        probe = load_checkpoint(probe_from, device or "cpu").probe
+        if probe is None:
+            raise typer.BadParameter(f"{probe_from} holds no probe", param_hint="--probe-from")
+    elif "probe" not in read_index(checkpoint)["parts"]:
+        raise typer.BadParameter(
+            f"{checkpoint} holds no probe: name a checkpoint that does with --probe-from",
+            param_hint="--checkpoint",
+        )
+    report = run_eval(checkpoint, out, config, probe, device=device or "cpu")
     typer.echo(report.table())
     typer.echo(f"plots and report in {out}")
 

@@ -146,16 +146,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         summary_path.write_text(json.dumps(summary, indent=1, default=str))
 
     # VAE
-    vae_cfg = VAETrainConfig(
-        VAE_PRESET[cfg.preset],
-        size,
-        chunks=cfg.vae_chunks or None,
-        batch=cfg.vae_batch,
-        steps=100_000,
-        seconds=cfg.vae_seconds,
-        face_gain=cfg.vae_face_gain,
-        seed=cfg.seed,
-    )
+    vae_cfg = _vae_config(cfg, size)
     vae, vae_state = train_vae(vae_cfg, work, device, bank, piece_seconds=left())
     vae.requires_grad_(False)
     summary["vae"] = {
@@ -368,6 +359,19 @@ def _seed_from_checkpoint(work: Path, cfg: PipelineConfig) -> None:
     log.info("workdir_seeded", checkpoint=str(checkpoint), workdir=str(work), dit=cfg.init_dit)
 
 
+def _vae_config(cfg: PipelineConfig, size: tuple[int, int]) -> VAETrainConfig:
+    return VAETrainConfig(
+        VAE_PRESET[cfg.preset],
+        size,
+        chunks=cfg.vae_chunks or None,
+        batch=cfg.vae_batch,
+        steps=100_000,
+        seconds=cfg.vae_seconds,
+        face_gain=cfg.vae_face_gain,
+        seed=cfg.seed,
+    )
+
+
 def _finetune_decoder(cfg, vae_cfg, vae, work, device, bank, seconds, summary):
     dec_cfg = replace(
         vae_cfg,
@@ -405,15 +409,7 @@ def refit_checkpoint(cfg: PipelineConfig) -> dict:
     size = (bundle.config.height, bundle.config.width)
     bank = speech.load_bank(data_dir / "speech_train.npz")
     if cfg.vae_decoder_seconds > 0:
-        vae_cfg = VAETrainConfig(
-            VAE_PRESET[cfg.preset],
-            size,
-            chunks=cfg.vae_chunks or None,
-            batch=cfg.vae_batch,
-            steps=100_000,
-            face_gain=cfg.vae_face_gain,
-            seed=cfg.seed,
-        )
+        vae_cfg = _vae_config(cfg, size)
         vae = _finetune_decoder(cfg, vae_cfg, vae, work, device, bank, cfg.deadline, summary)
         done = summary["vae_decoder"]["heldout"] is not None
     else:

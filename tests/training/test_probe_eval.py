@@ -192,6 +192,37 @@ def test_behavior_accuracy_pools_the_channels_and_tells_them_apart():
     )
 
 
+def test_eval_command_reads_with_another_checkpoints_probe(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from flowact.renderer.training import speech
+
+    probe = PoseProbe(ProbeConfig(size=(32, 32), width=8, hidden=32)).eval()
+    b = _tiny_bundle(probe)
+    export_checkpoint(tmp_path / "bare", b.model, b.vae, b.audio, None, b.sampling)
+    export_checkpoint(tmp_path / "instrument", b.model, b.vae, b.audio, probe, b.sampling)
+    bank = tmp_path / "bank.npz"
+    speech.save_bank(bank, [np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)])
+    cmd = [sys.executable, "-m", "flowact", "eval", "--checkpoint", str(tmp_path / "bare")]
+    cmd += ["--seconds", "1", "--identities", "1", "--vae-seconds", "0"]
+    cmd += ["--speech-bank", str(bank), "--out", str(tmp_path / "out")]
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        wide = {**os.environ, "COLUMNS": "400"}  # the error box would wrap the long path
+        return subprocess.run([*cmd, *extra], capture_output=True, text=True, timeout=300, env=wide)
+
+    refused = run()
+    assert refused.returncode == 2 and "holds no probe" in refused.stderr
+    assert "--probe-from" in refused.stderr
+    assert run("--probe-from", str(tmp_path / "bare")).returncode == 2
+    done = run("--probe-from", str(tmp_path / "instrument"))
+    assert done.returncode == 0, done.stderr
+    assert "| behavior: gaze |" in done.stdout
+    assert EvalReport.load(tmp_path / "out").config["seconds"] == 1.0
+
+
 @pytest.mark.skipif(not (DEMO / "index.json").is_file(), reason="no shipped demo checkpoint")
 def test_shipped_checkpoint_starts_from_its_reference():
     """The demo checkpoint's first second of stream (2 chunks: DiT, 3 NFE, decoded) reads,
