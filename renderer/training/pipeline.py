@@ -77,6 +77,8 @@ class PipelineConfig:
     probe_width: int = 24
     probe_lr: float = 2e-3
     probe_balanced: bool = False  # ProbeTrainConfig.balanced: each control over its spread
+    # refit: go on training the checkpoint's probe rather than a new one (`probe_width` unused)
+    probe_continue: bool = False
     latent_clips: int = 768
     clip_chunks: int = 20
     batch: int = 64
@@ -417,7 +419,10 @@ def refit_checkpoint(cfg: PipelineConfig) -> dict:
     probe = bundle.probe
     if cfg.probe_seconds > 0 and done:
         left = min(cfg.deadline - (time.monotonic() - start), cfg.probe_seconds)
-        probe = _train_probe(cfg, work, device, vae, size, left, summary)
+        if cfg.probe_continue and probe is None:
+            raise ValueError(f"{cfg.init_from} holds no probe to go on training")
+        first = probe.float() if cfg.probe_continue else None
+        probe = _train_probe(cfg, work, device, vae, size, left, summary, first)
     if done:
         export_checkpoint(cfg.checkpoint, bundle.model, vae, bundle.audio, probe, bundle.sampling)
         ref = Path(cfg.init_from) / "reference.png"
@@ -429,10 +434,11 @@ def refit_checkpoint(cfg: PipelineConfig) -> dict:
     return summary
 
 
-def _train_probe(cfg, work, device, vae, size, seconds, summary) -> PoseProbe:
-    """A new probe trained for `seconds`, or the one `work` already holds."""
+def _train_probe(cfg, work, device, vae, size, seconds, summary, first=None) -> PoseProbe:
+    """A probe trained for `seconds` (from `first` if given, else new), or the one `work`
+    already holds."""
     path = work / "probe.pt"
-    pcfg = ProbeConfig(size=size, width=cfg.probe_width)
+    pcfg = first.config if first is not None else ProbeConfig(size=size, width=cfg.probe_width)
     probe = PoseProbe(pcfg).to(device)
     if path.is_file():
         probe.load_state_dict(torch.load(path, map_location=device))
@@ -450,19 +456,29 @@ def _train_probe(cfg, work, device, vae, size, seconds, summary) -> PoseProbe:
         balanced=cfg.probe_balanced,
     )
     steps = _probe_steps(pcfg, tcfg, device, seconds, through_vae)
-    probe, losses = train_probe(pcfg, replace(tcfg, steps=steps), device, transform=through_vae)
+    before = _probe_score(first) if first is not None else None
+    probe, losses = train_probe(
+        pcfg, replace(tcfg, steps=steps), device, probe=first, transform=through_vae
+    )
     torch.save(probe.state_dict(), path)
-    from flowact.renderer.training.probe import score_probe
-
-    score = score_probe(probe)
     summary["probe"] = {
         "steps": len(losses),
         "loss": float(np.mean(losses[-50:])),
+        **_probe_score(probe),
+        "started_from": before,
+    }
+    return probe
+
+
+def _probe_score(probe: PoseProbe) -> dict:
+    from flowact.renderer.training.probe import score_probe
+
+    score = score_probe(probe)
+    return {
         "control_corr": score.control_corr,
         "identity_corr": score.identity_corr,
         "identity_rank1": score.identity_rank1,
     }
-    return probe
 
 
 def _probe_steps(pcfg, tcfg: ProbeTrainConfig, device, seconds: float, transform) -> int:

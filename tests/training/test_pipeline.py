@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -283,6 +284,19 @@ def test_a_refit_trains_the_decoder_and_probe_and_keeps_the_rest(main_run, tmp_p
         not torch.equal(a, b)
         for a, b in zip(refit.probe.parameters(), base.probe.parameters(), strict=True)
     )
+    # a probe that goes on from the checkpoint's: its architecture, its score before and after
+    again = replace(
+        cfg,
+        workdir=str(tmp_path / "again"),
+        checkpoint=str(tmp_path / "again_ckpt"),
+        vae_decoder_seconds=0.0,
+        probe_continue=True,
+        probe_width=base.probe.config.width * 2,  # unused: the checkpoint's probe is kept
+    )
+    went_on = refit_checkpoint(again)
+    assert went_on["probe"]["started_from"]["control_corr"].keys() == set(bh.CONTROLS)
+    assert load_checkpoint(again.checkpoint).probe.config == base.probe.config
+    assert summary["probe"]["started_from"] is None
     with pytest.raises(FileNotFoundError, match="not an exported checkpoint"):
         refit_checkpoint(PipelineConfig(data=str(data), init_from=str(tmp_path / "refit")))
 
