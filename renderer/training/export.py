@@ -139,11 +139,18 @@ def combine_checkpoints(
         if probe is None:
             raise ValueError(f"{probe_from} holds no probe")
     directory = export_checkpoint(out, first.model, vae, first.audio, probe, first.sampling)
-    for source in (base, vae_from, probe_from):
-        ref = Path(source) / "reference.png" if source is not None else None
-        if ref is not None and ref.is_file() and not (directory / ref.name).is_file():
-            shutil.copyfile(ref, directory / ref.name)
+    copy_reference(directory, base, vae_from, probe_from)
     return directory
+
+
+def copy_reference(directory: Path, *sources: str | Path | None) -> None:
+    """Give `directory` the reference frame of the first of `sources` that has one (None
+    sources are skipped), unless it has one already."""
+    target = Path(directory) / "reference.png"
+    for source in sources:
+        ref = Path(source) / "reference.png" if source is not None else None
+        if ref is not None and ref.is_file() and not target.is_file():
+            shutil.copyfile(ref, target)
 
 
 def _same_latent_space(mine_vae, their_vae, base, vae_from) -> vae_mod.CausalVideoVAE:

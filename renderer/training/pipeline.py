@@ -25,6 +25,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -42,7 +43,12 @@ from flowact.renderer.training.common import EMA, StageState, pick_device, save_
 from flowact.renderer.training.distill import DistillConfig, train_distill
 from flowact.renderer.training.dmd import DMDConfig, train_dmd
 from flowact.renderer.training.evaluate import EvalConfig, run_eval
-from flowact.renderer.training.export import Bundle, export_checkpoint, load_checkpoint
+from flowact.renderer.training.export import (
+    Bundle,
+    copy_reference,
+    export_checkpoint,
+    load_checkpoint,
+)
 from flowact.renderer.training.probe import PoseProbe, ProbeConfig, ProbeTrainConfig, train_probe
 from flowact.renderer.training.train import DiffusionConfig, train_diffusion
 from flowact.renderer.training.vae_train import VAETrainConfig, finetune_decoder, train_vae
@@ -129,10 +135,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     torch.backends.cudnn.allow_tf32 = True
     work, data_dir = Path(cfg.workdir), Path(cfg.data)
     work.mkdir(parents=True, exist_ok=True)
-    summary_path = work / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    summary["config"] = asdict(cfg)
-    earlier = summary.get("wall_seconds", 0.0)  # the pieces before this one
+    summary, save_summary = _open_summary(work, cfg)
     eval_bank = _take_data(data_dir, work)
     bank = speech.load_bank(data_dir / "speech_train.npz")
     table = torch.load(data_dir / "text_table.pt", map_location="cpu").to(device)
@@ -142,10 +145,6 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
     def left() -> float:
         return max(0.0, cfg.deadline - (time.monotonic() - start))
-
-    def save_summary() -> None:
-        summary["wall_seconds"] = earlier + time.monotonic() - start
-        summary_path.write_text(json.dumps(summary, indent=1, default=str))
 
     # VAE
     vae_cfg = _vae_config(cfg, size)
@@ -402,11 +401,10 @@ def refit_checkpoint(cfg: PipelineConfig) -> dict:
     device = pick_device(cfg.device)
     work, data_dir = Path(cfg.workdir), Path(cfg.data)
     work.mkdir(parents=True, exist_ok=True)
-    summary_path = work / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    summary["config"] = asdict(cfg)
-    earlier = summary.get("wall_seconds", 0.0)
+    summary, save_summary = _open_summary(work, cfg)
     bundle = load_checkpoint(cfg.init_from, device)
+    if cfg.probe_continue and cfg.probe_seconds > 0 and bundle.probe is None:
+        raise ValueError(f"{cfg.init_from} holds no probe to go on training")
     vae = bundle.vae.float().requires_grad_(False)
     size = (bundle.config.height, bundle.config.width)
     bank = speech.load_bank(data_dir / "speech_train.npz")
@@ -419,19 +417,31 @@ def refit_checkpoint(cfg: PipelineConfig) -> dict:
     probe = bundle.probe
     if cfg.probe_seconds > 0 and done:
         left = min(cfg.deadline - (time.monotonic() - start), cfg.probe_seconds)
-        if cfg.probe_continue and probe is None:
-            raise ValueError(f"{cfg.init_from} holds no probe to go on training")
         first = probe.float() if cfg.probe_continue else None
         probe = _train_probe(cfg, work, device, vae, size, left, summary, first)
     if done:
-        export_checkpoint(cfg.checkpoint, bundle.model, vae, bundle.audio, probe, bundle.sampling)
-        ref = Path(cfg.init_from) / "reference.png"
-        if ref.is_file():
-            shutil.copyfile(ref, Path(cfg.checkpoint) / ref.name)
+        out = export_checkpoint(
+            cfg.checkpoint, bundle.model, vae, bundle.audio, probe, bundle.sampling
+        )
+        copy_reference(out, cfg.init_from)
         summary["checkpoint"] = cfg.checkpoint
-    summary["wall_seconds"] = earlier + time.monotonic() - start
-    summary_path.write_text(json.dumps(summary, indent=1, default=str))
+    save_summary()
     return summary
+
+
+def _open_summary(work: Path, cfg: PipelineConfig) -> tuple[dict, Callable[[], None]]:
+    """`work/summary.json` as earlier pieces left it (with this piece's `cfg`), and a function
+    that writes it back with this piece's wall time so far added to theirs."""
+    path, start = work / "summary.json", time.monotonic()
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    summary["config"] = asdict(cfg)
+    earlier = summary.get("wall_seconds", 0.0)  # the pieces before this one
+
+    def save() -> None:
+        summary["wall_seconds"] = earlier + time.monotonic() - start
+        path.write_text(json.dumps(summary, indent=1, default=str))
+
+    return summary, save
 
 
 def _train_probe(cfg, work, device, vae, size, seconds, summary, first=None) -> PoseProbe:

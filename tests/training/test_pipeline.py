@@ -297,6 +297,12 @@ def test_a_refit_trains_the_decoder_and_probe_and_keeps_the_rest(main_run, tmp_p
     assert went_on["probe"]["started_from"]["control_corr"].keys() == set(bh.CONTROLS)
     assert load_checkpoint(again.checkpoint).probe.config == base.probe.config
     assert summary["probe"]["started_from"] is None
+    # a checkpoint without a probe is refused before any training
+    export_checkpoint(tmp_path / "bare", base.model, base.vae, base.audio, None, base.sampling)
+    bare = replace(again, init_from=str(tmp_path / "bare"), workdir=str(tmp_path / "bare_w"))
+    with pytest.raises(ValueError, match="holds no probe to go on training"):
+        refit_checkpoint(replace(bare, vae_decoder_seconds=1.0))
+    assert not (tmp_path / "bare_w" / "vae_decoder").exists()
     with pytest.raises(FileNotFoundError, match="not an exported checkpoint"):
         refit_checkpoint(PipelineConfig(data=str(data), init_from=str(tmp_path / "refit")))
 
