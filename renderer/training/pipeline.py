@@ -83,6 +83,8 @@ class PipelineConfig:
     probe_width: int = 24
     probe_lr: float = 2e-3
     probe_balanced: bool = False  # ProbeTrainConfig.balanced: each control over its spread
+    # ProbeTrainConfig.identity_weight; balanced scales the controls' error by about 6.7
+    probe_identity_weight: float = 0.5
     # refit: go on training the checkpoint's probe rather than a new one (`probe_width` unused)
     probe_continue: bool = False
     latent_clips: int = 768
@@ -464,6 +466,7 @@ def _train_probe(cfg, work, device, vae, size, seconds, summary, first=None) -> 
         seconds=seconds,
         seed=cfg.seed,
         balanced=cfg.probe_balanced,
+        identity_weight=cfg.probe_identity_weight,
     )
     steps = _probe_steps(pcfg, tcfg, device, seconds, through_vae)
     before = _probe_score(first) if first is not None else None

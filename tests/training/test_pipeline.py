@@ -292,8 +292,10 @@ def test_a_refit_trains_the_decoder_and_probe_and_keeps_the_rest(main_run, tmp_p
         vae_decoder_seconds=0.0,
         probe_continue=True,
         probe_width=base.probe.config.width * 2,  # unused: the checkpoint's probe is kept
+        probe_identity_weight=3.0,
     )
     went_on = refit_checkpoint(again)
+    assert went_on["config"]["probe_identity_weight"] == 3.0
     assert went_on["probe"]["started_from"]["control_corr"].keys() == set(bh.CONTROLS)
     assert load_checkpoint(again.checkpoint).probe.config == base.probe.config
     assert summary["probe"]["started_from"] is None
