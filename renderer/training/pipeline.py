@@ -85,6 +85,7 @@ class PipelineConfig:
     probe_balanced: bool = False  # ProbeTrainConfig.balanced: each control over its spread
     # ProbeTrainConfig.identity_weight; balanced scales the controls' error by about 6.7
     probe_identity_weight: float = 0.5
+    probe_decoded_share: float = 0.5  # ProbeTrainConfig.decoded_share: through the VAE
     # refit: go on training the checkpoint's probe rather than a new one (`probe_width` unused)
     probe_continue: bool = False
     latent_clips: int = 768
@@ -467,9 +468,10 @@ def _train_probe(cfg, work, device, vae, size, seconds, summary, first=None) -> 
         seed=cfg.seed,
         balanced=cfg.probe_balanced,
         identity_weight=cfg.probe_identity_weight,
+        decoded_share=cfg.probe_decoded_share,
     )
     steps = _probe_steps(pcfg, tcfg, device, seconds, through_vae)
-    before = _probe_score(first) if first is not None else None
+    before = _probe_score(first, through_vae) if first is not None else None
     probe, losses = train_probe(
         pcfg, replace(tcfg, steps=steps), device, probe=first, transform=through_vae
     )
@@ -477,40 +479,42 @@ def _train_probe(cfg, work, device, vae, size, seconds, summary, first=None) -> 
     summary["probe"] = {
         "steps": len(losses),
         "loss": float(np.mean(losses[-50:])),
-        **_probe_score(probe),
+        **_probe_score(probe, through_vae),
         "started_from": before,
     }
     return probe
 
 
-def _probe_score(probe: PoseProbe) -> dict:
+def _probe_score(probe: PoseProbe, transform) -> dict:
+    """The probe's score on held-out renders, and under "decoded" on the same renders through
+    `transform` (the VAE): a probe can read renders better and decoded frames worse."""
     from flowact.renderer.training.probe import score_probe
 
-    score = score_probe(probe)
-    return {
-        "control_corr": score.control_corr,
-        "identity_corr": score.identity_corr,
-        "identity_rank1": score.identity_rank1,
-    }
+    def fields(score) -> dict:
+        return {
+            "control_corr": score.control_corr,
+            "identity_corr": score.identity_corr,
+            "identity_rank1": score.identity_rank1,
+        }
+
+    decoded = score_probe(probe, transform=transform)
+    return {**fields(score_probe(probe)), "decoded": fields(decoded)}
 
 
 def _probe_steps(pcfg, tcfg: ProbeTrainConfig, device, seconds: float, transform) -> int:
-    """Steps that fit `seconds`, from the time of a few whole ones (half of each batch through
-    `transform`, as in training): the schedule needs a step count."""
+    """Steps that fit `seconds`, from the time of a few whole ones (their batches made as in
+    training, through `transform`): the schedule needs a step count."""
     probe = PoseProbe(pcfg).to(device)
     rng = np.random.default_rng(0)
-    from flowact.renderer.training.probe import probe_loss, random_frames
+    from flowact.renderer.training.probe import probe_loss, training_batch
 
     for i in range(4):  # one to warm up, three timed
         if i == 1:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.monotonic()
-        frames, controls, ident = random_frames(tcfg.batch, pcfg.size, rng, device)
-        with torch.no_grad():
-            half = tcfg.batch // 2
-            frames = torch.cat([transform(frames[:half]), frames[half:]])
-        probe_loss(probe, frames, controls, ident, 0.5, tcfg.balanced).backward()
+        frames, controls, ident = training_batch(tcfg, pcfg.size, rng, device, transform)
+        probe_loss(probe, frames, controls, ident, tcfg.identity_weight, tcfg.balanced).backward()
     if device.type == "cuda":
         torch.cuda.synchronize()
     per = (time.monotonic() - t0) / 3

@@ -50,6 +50,13 @@ class ProbeTrainConfig:
     # control with a small range or a small visual footprint (brows, gaze) counts as much as
     # the mouth; False: plain squared error, as the shipped probes were trained
     balanced: bool = False
+    # the share of each batch that `train_probe`'s `transform` maps (through the VAE): the
+    # probe reads decoded frames, not renders, in every generated stream
+    decoded_share: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.decoded_share <= 1.0:
+            raise ValueError(f"decoded_share must be within [0, 1], not {self.decoded_share}")
 
 
 class ProbeOutput(NamedTuple):
@@ -136,6 +143,23 @@ def probe_loss(
     return err.pow(2).mean() + w * F.mse_loss(out.identity, ident)
 
 
+def training_batch(
+    train: ProbeTrainConfig,
+    size: tuple[int, int],
+    rng: np.random.Generator,
+    device: str | torch.device = "cpu",
+    transform: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One batch as `train_probe` trains on: fresh renders (`random_frames`), the first
+    `train.decoded_share` of them mapped by `transform` when one is given."""
+    frames, controls, ident = random_frames(train.batch, size, rng, device)
+    mapped = round(train.batch * train.decoded_share) if transform is not None else 0
+    if mapped:
+        with torch.no_grad():
+            frames = torch.cat([transform(frames[:mapped]), frames[mapped:]])
+    return frames, controls, ident
+
+
 def train_probe(
     cfg: ProbeConfig,
     train: ProbeTrainConfig,
@@ -144,8 +168,9 @@ def train_probe(
     transform: Callable[[Tensor], Tensor] | None = None,
     progress: bool = True,
 ) -> tuple[PoseProbe, list[float]]:
-    """Train (or keep training) a probe on fresh random renders; `transform` maps a share of
-    each batch's frames (e.g. through the VAE) so that the probe reads both kinds."""
+    """Train (or keep training) a probe on fresh random renders; `transform` maps
+    `train.decoded_share` of each batch's frames (e.g. through the VAE) so that the probe reads
+    both kinds."""
     torch.manual_seed(train.seed)
     rng = np.random.default_rng(train.seed)
     probe = (probe or PoseProbe(cfg)).to(device).train()
@@ -157,11 +182,7 @@ def train_probe(
     start = time.monotonic()
     bar = tqdm(range(train.steps), desc="probe", disable=not progress)
     for _ in bar:
-        frames, controls, ident = random_frames(train.batch, cfg.size, rng, device)
-        if transform is not None:
-            half = train.batch // 2
-            with torch.no_grad():
-                frames = torch.cat([transform(frames[:half]), frames[half:]])
+        frames, controls, ident = training_batch(train, cfg.size, rng, device, transform)
         loss = probe_loss(probe, frames, controls, ident, train.identity_weight, train.balanced)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -184,13 +205,23 @@ class ProbeScore:
     identity_rank1: float  # nearest-identity retrieval accuracy (reading vs truth)
 
 
-def score_probe(probe: PoseProbe, n: int = 256, seed: int = 123) -> ProbeScore:
-    """Correlations of the probe's readings with the truth on renders of eval identities."""
+def score_probe(
+    probe: PoseProbe,
+    n: int = 256,
+    seed: int = 123,
+    transform: Callable[[Tensor], Tensor] | None = None,
+) -> ProbeScore:
+    """Correlations of the probe's readings with the truth on renders of eval identities, or,
+    with `transform` (`[N, 3, H, W]` -> the same, e.g. through the VAE), on those renders
+    mapped: the same renders either way, so the two scores compare."""
     rng = np.random.default_rng(seed)
     param = next(probe.parameters())
     identity = world.sample_identities(n, "eval", seed).to(param.device)
     controls = torch.from_numpy(bh.random_controls(n, rng)).to(param.device)
     frames = world.render(identity, controls[:, None], probe.config.size)
+    if transform is not None:
+        with torch.no_grad():
+            frames = torch.cat([transform(part[:, 0]) for part in frames.split(64)])[:, None]
     out = read_frames(probe, frames)
     got, want = out.controls[:, 0].cpu().numpy(), controls.cpu().numpy()
     corr = {name: _pearson(got[:, k], want[:, k]) for k, name in enumerate(bh.CONTROLS)}

@@ -293,10 +293,14 @@ def test_a_refit_trains_the_decoder_and_probe_and_keeps_the_rest(main_run, tmp_p
         probe_continue=True,
         probe_width=base.probe.config.width * 2,  # unused: the checkpoint's probe is kept
         probe_identity_weight=3.0,
+        probe_decoded_share=0.75,
     )
     went_on = refit_checkpoint(again)
     assert went_on["config"]["probe_identity_weight"] == 3.0
+    assert went_on["config"]["probe_decoded_share"] == 0.75
     assert went_on["probe"]["started_from"]["control_corr"].keys() == set(bh.CONTROLS)
+    for score in (went_on["probe"], went_on["probe"]["started_from"]):
+        assert score["decoded"]["control_corr"].keys() == set(bh.CONTROLS)  # through the VAE
     assert load_checkpoint(again.checkpoint).probe.config == base.probe.config
     assert summary["probe"]["started_from"] is None
     # a checkpoint without a probe is refused before any training

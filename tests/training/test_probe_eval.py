@@ -113,6 +113,32 @@ def test_a_balanced_probe_loss_weighs_each_control_by_its_spread():
     assert fair[0] / fair[1] == pytest.approx(ratio, rel=1e-4) and ratio > 1.5
 
 
+def test_a_probe_batch_maps_its_decoded_share_and_the_score_reads_mapped_renders(trained_probe):
+    from flowact.renderer.training.probe import ProbeTrainConfig, score_probe, training_batch
+
+    def blank(frames: torch.Tensor) -> torch.Tensor:  # a "decoder" that keeps nothing
+        return torch.zeros_like(frames)
+
+    for share, mapped in ((0.0, 0), (0.25, 2), (0.5, 4), (1.0, 8)):
+        train = ProbeTrainConfig(batch=8, decoded_share=share)
+        frames, controls, _ = training_batch(
+            train, (32, 32), np.random.default_rng(0), "cpu", blank
+        )
+        assert frames.shape == (8, 3, 32, 32) and controls.shape == (8, len(bh.CONTROLS))
+        blanked = frames.flatten(1).abs().amax(1) == 0
+        assert blanked.tolist() == [True] * mapped + [False] * (8 - mapped), share
+    with pytest.raises(ValueError, match="decoded_share must be within"):
+        ProbeTrainConfig(decoded_share=1.5)
+    # the same renders, read as they are, unchanged, and with the picture gone
+    plain = score_probe(trained_probe, n=128)
+    same = score_probe(trained_probe, n=128, transform=lambda f: f.clone())
+    gone = score_probe(trained_probe, n=128, transform=blank)
+    assert same.control_corr == pytest.approx(plain.control_corr)
+    assert same.identity_corr == pytest.approx(plain.identity_corr)
+    assert plain.control_corr["yaw"] > 0.6 and abs(gone.control_corr["yaw"]) < 0.2
+    assert gone.identity_rank1 < plain.identity_rank1
+
+
 def test_export_round_trip_in_bfloat16(tmp_path):
     probe = PoseProbe(ProbeConfig(size=(32, 32), width=8, hidden=32))
     b = _tiny_bundle(probe)
