@@ -481,6 +481,14 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="Folder for the table and plots.")] = Path("out/eval"),
     seconds: Annotated[float, typer.Option(help="Stream length per identity.")] = 300.0,
     identities: Annotated[int, typer.Option(help="Unseen identities.")] = 4,
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="Stream seed: which unseen characters, speech and prompts (compare two models "
+            "over two or more).",
+            min=0,
+        ),
+    ] = 0,
     vae_seconds: Annotated[
         float, typer.Option(help="Ground truth through the VAE for this long (0: skip).")
     ] = 20.0,
@@ -506,6 +514,7 @@ def evaluate(
     config = EvalConfig(
         seconds=seconds,
         identities=identities,
+        seed=seed,
         vae_seconds=vae_seconds,
         speech_bank=str(speech_bank) if speech_bank else None,
         guidance=guidance,

@@ -243,10 +243,11 @@ def test_eval_command_reads_with_another_checkpoints_probe(tmp_path):
     assert refused.returncode == 2 and "holds no probe" in refused.stderr
     assert "--probe-from" in refused.stderr
     assert run("--probe-from", str(tmp_path / "bare")).returncode == 2
-    done = run("--probe-from", str(tmp_path / "instrument"))
+    done = run("--probe-from", str(tmp_path / "instrument"), "--seed", "2")
     assert done.returncode == 0, done.stderr
     assert "| behavior: gaze |" in done.stdout
-    assert EvalReport.load(tmp_path / "out").config["seconds"] == 1.0
+    report = EvalReport.load(tmp_path / "out")
+    assert report.config["seconds"] == 1.0 and report.config["seed"] == 2
 
 
 @pytest.mark.skipif(not (DEMO / "index.json").is_file(), reason="no shipped demo checkpoint")
