@@ -277,6 +277,9 @@ def check_config(cfg: PipelineConfig) -> None:
             f"{data_dir} lacks {', '.join(missing)}: make it with `python -m "
             f"flowact.renderer.training.pipeline prepare --data {data_dir}`"
         )
+    share = cfg.probe_decoded_share
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"probe_decoded_share must be within [0, 1], not {share}")
     if cfg.init_dit and not cfg.init_from:
         raise ValueError("init_dit needs init_from: the checkpoint whose DiT to start from")
     if not cfg.init_from:

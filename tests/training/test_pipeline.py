@@ -326,6 +326,10 @@ def test_a_continuation_names_what_is_wrong(main_run, tmp_path):
     data, ckpt, _ = main_run
     with pytest.raises(ValueError, match="init_dit needs init_from"):
         run_pipeline(PipelineConfig(data=str(data), workdir=str(tmp_path / "a"), init_dit=True))
+    share = PipelineConfig(data=str(data), workdir=str(tmp_path / "s"), probe_decoded_share=2.0)
+    with pytest.raises(ValueError, match=r"probe_decoded_share must be within \[0, 1\], not 2.0"):
+        run_pipeline(share)
+    assert not (tmp_path / "s" / "vae").exists()  # refused before the VAE stage
     other = PipelineConfig(
         data=str(data),
         workdir=str(tmp_path / "b"),
