@@ -91,6 +91,9 @@ class EvalReport:
     # behavior accuracy of each prompt channel over the whole stream: channel ->
     # {"generated", "ground_truth"} (empty in reports written before it was measured)
     behavior_channels: dict[str, dict[str, float]] = field(default_factory=dict)
+    # what each commanded behavior was read as, per channel (`behavior_confusion`):
+    # {"generated", "ground_truth"} -> channel -> commanded -> classified -> windows
+    behavior_confusion: dict[str, dict] = field(default_factory=dict)
 
     def table(self) -> str:
         columns = ["metric", "generated", "ground truth"]
@@ -399,25 +402,50 @@ def lipsync(mouth_read: np.ndarray, mouth_gt: np.ndarray) -> float:
     return _pearson(mouth_read.ravel(), mouth_gt.ravel())
 
 
+def _steady_windows(
+    controls: np.ndarray, behavior: np.ndarray, window: int, protos: dict[str, np.ndarray]
+):
+    """Per channel, the windows inside one commanded segment and past its ramp: yields
+    `(channel, commanded ids [n], classified ids [n])` (-1 idle), one window start at a time."""
+    ramp = int(bh.RAMP_SECONDS * FPS) + 2
+    t = controls.shape[1]
+    for ch, channel in enumerate(bh.BEHAVIOR_CHANNELS):
+        for start in range(0, t - window + 1, window):
+            span = behavior[:, max(0, start - ramp) : start + window, ch]  # [B, w + ramp]
+            steady = (span == span[:, :1]).all(1)
+            if steady.any():
+                pred = bh.classify(controls[steady, start : start + window], channel, protos)
+                yield channel, span[steady, 0], pred
+
+
 def behavior_hits(
     controls: np.ndarray, behavior: np.ndarray, window: int, protos: dict[str, np.ndarray]
 ) -> dict[str, tuple[int, int]]:
     """Per channel: of the windows inside one commanded segment and past its ramp, how many
     are classified as the command (idle included), and how many there are."""
-    ramp = int(bh.RAMP_SECONDS * FPS) + 2
+    out = dict.fromkeys(bh.BEHAVIOR_CHANNELS, (0, 0))
+    for channel, commanded, classified in _steady_windows(controls, behavior, window, protos):
+        hits, total = out[channel]
+        out[channel] = (hits + int((classified == commanded).sum()), total + len(commanded))
+    return out
+
+
+def behavior_name(b: int) -> str:
+    return "idle" if b < 0 else bh.BEHAVIORS[b].name
+
+
+def behavior_confusion(
+    controls: np.ndarray, behavior: np.ndarray, window: int, protos: dict[str, np.ndarray]
+) -> dict[str, dict[str, dict[str, int]]]:
+    """Per channel: commanded behavior -> what its windows (those of `behavior_hits`) were
+    classified as -> how many; every behavior of the channel and idle is a row and a column."""
     out = {}
-    t = controls.shape[1]
-    for ch, channel in enumerate(bh.BEHAVIOR_CHANNELS):
-        hits, total = 0, 0
-        for start in range(0, t - window + 1, window):
-            span = behavior[:, max(0, start - ramp) : start + window, ch]  # [B, w + ramp]
-            steady = (span == span[:, :1]).all(1)
-            if not steady.any():
-                continue
-            pred = bh.classify(controls[steady, start : start + window], channel, protos)
-            hits += int((pred == span[steady, 0]).sum())
-            total += int(steady.sum())
-        out[channel] = (hits, total)
+    for channel in bh.BEHAVIOR_CHANNELS:
+        names = [behavior_name(b) for b in (-1, *bh.CHANNEL_BEHAVIORS[channel])]
+        out[channel] = {a: dict.fromkeys(names, 0) for a in names}
+    for channel, commanded, classified in _steady_windows(controls, behavior, window, protos):
+        for a, b in zip(commanded.tolist(), classified.tolist(), strict=True):
+            out[channel][behavior_name(a)][behavior_name(b)] += 1
     return out
 
 
@@ -478,7 +506,18 @@ def compute_report(r: StreamReadings, cfg: EvalConfig) -> EvalReport:
     gen_ch = behavior_by_channel(r.gen_controls, r.behavior, cfg.window, protos)
     gt_ch = behavior_by_channel(r.gt_controls, r.behavior, cfg.window, protos)
     channels = {ch: {"generated": gen_ch[ch], "ground_truth": gt_ch[ch]} for ch in gen_ch}
-    return EvalReport(overall, series, per_bin / FPS, asdict(cfg), behavior_channels=channels)
+    confusion = {
+        "generated": behavior_confusion(r.gen_controls, r.behavior, cfg.window, protos),
+        "ground_truth": behavior_confusion(r.gt_controls, r.behavior, cfg.window, protos),
+    }
+    return EvalReport(
+        overall,
+        series,
+        per_bin / FPS,
+        asdict(cfg),
+        behavior_channels=channels,
+        behavior_confusion=confusion,
+    )
 
 
 # ------------------------------------------------------------------------------------ plots
@@ -520,12 +559,49 @@ def write_plots(report: EvalReport, readings: StreamReadings, out_dir: Path) -> 
         paths.append(out_dir / "vae_psnr.png")
         fig.savefig(paths[-1], dpi=100)
         plt.close(fig)
+    if report.behavior_confusion:
+        paths.append(plot_confusion(report.behavior_confusion, out_dir / "behavior_confusion.png"))
     if readings.film:
         rows = [np.concatenate(list(f), axis=-2) for f in readings.film]  # [3, B*H, 2W]
         strip = np.concatenate(rows, axis=-1).transpose(1, 2, 0)
         plt.imsave(out_dir / "film.png", ((strip + 1) / 2).clip(0, 1))
         paths.append(out_dir / "film.png")
     return paths
+
+
+def plot_confusion(confusion: dict[str, dict], path: Path) -> Path:
+    """`EvalReport.behavior_confusion` as one heat map per channel and kind (generated above,
+    ground truth below): each row a commanded behavior, its windows' shares by what they were
+    read as."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [k for k in ("generated", "ground_truth") if k in confusion]
+    channels = list(confusion[kinds[0]])
+    fig, axes = plt.subplots(
+        len(kinds), len(channels), figsize=(3.3 * len(channels), 3.2 * len(kinds)), squeeze=False
+    )
+    for row, kind in enumerate(kinds):
+        for col, channel in enumerate(channels):
+            table = confusion[kind][channel]
+            names = list(table)
+            counts = np.array([[table[a][b] for b in names] for a in names], float)
+            shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+            ax = axes[row, col]
+            ax.imshow(shares, vmin=0, vmax=1, cmap="viridis")
+            ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+            ax.set_yticks(range(len(names)), names, fontsize=7)
+            ax.set_title(f"{channel}, {kind.replace('_', ' ')}", fontsize=9)
+            if row == len(kinds) - 1:
+                ax.set_xlabel("read as", fontsize=8)
+            if col == 0:
+                ax.set_ylabel("commanded", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def run_eval(

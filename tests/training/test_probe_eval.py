@@ -178,6 +178,10 @@ def test_run_eval_writes_a_table_and_reports(tmp_path):
     assert set(report.vae["behavior_channels"]) == set(bh.BEHAVIOR_CHANNELS)
     loaded = EvalReport.load(tmp_path / "eval")
     assert loaded.behavior_channels == report.behavior_channels
+    assert set(report.behavior_confusion) == {"generated", "ground_truth"}
+    assert set(report.behavior_confusion["generated"]) == set(bh.BEHAVIOR_CHANNELS)
+    assert loaded.behavior_confusion == report.behavior_confusion
+    assert (tmp_path / "eval" / "behavior_confusion.png").stat().st_size > 0
     assert "| behavior: face |" in (tmp_path / "eval" / "report.md").read_text()
     assert len(report.bins["identity_drift"]["generated"]) >= 2
     assert report.overall["identity_drift"]["generated"] > 0
@@ -194,6 +198,7 @@ def test_behavior_accuracy_pools_the_channels_and_tells_them_apart():
     from flowact.renderer.training.evaluate import (
         behavior_accuracy,
         behavior_by_channel,
+        behavior_confusion,
         behavior_hits,
     )
 
@@ -211,6 +216,19 @@ def test_behavior_accuracy_pools_the_channels_and_tells_them_apart():
     by_channel = behavior_by_channel(flat, behavior, window, protos)
     assert by_channel["face"] < 0.7 and by_channel["posture"] > 0.9
     counts = behavior_hits(flat, behavior, window, protos)
+    # the confusion counts the same windows: its diagonal is the hits, its sum the windows
+    confusion = behavior_confusion(flat, behavior, window, protos)
+    for channel, table in confusion.items():
+        diagonal = sum(table[name][name] for name in table)
+        assert (diagonal, sum(sum(row.values()) for row in table.values())) == counts[channel]
+    assert set(confusion["face"]) == {
+        "idle",
+        *(bh.BEHAVIORS[b].name for b in bh.CHANNEL_BEHAVIORS["face"]),
+    }
+    smiles = confusion["face"][bh.BEHAVIORS[bh.CHANNEL_BEHAVIORS["face"][0]].name]
+    assert sum(smiles.values()) > 0 and smiles["idle"] > max(
+        v for k, v in smiles.items() if k != "idle"
+    )  # a face that never moves is read as idle whatever it was told
     pooled = sum(h for h, _ in counts.values()) / sum(n for _, n in counts.values())
     assert behavior_accuracy(flat, behavior, window, protos) == (
         pooled,
