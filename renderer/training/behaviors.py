@@ -164,6 +164,34 @@ def prompt_table() -> tuple[list[str], dict[int, list[int]], dict[int, list[int]
     return texts, train, heldout
 
 
+def heldout_neighbours(table: np.ndarray) -> list[dict]:
+    """How a text encoder places each held-out paraphrase: `table` `[len(prompts), D]` holds the
+    embeddings of `prompt_table()`'s strings. Per held-out prompt, the behavior whose training
+    prompts' mean direction is nearest by cosine, the similarity to its own behavior's and the
+    best other one's. A paraphrase nearer another behavior's prompts is one the renderer can
+    only follow by what it learned beyond that nearness."""
+    texts, train, heldout = prompt_table()
+    unit = table / np.linalg.norm(table, axis=-1, keepdims=True)
+    centres = np.stack([unit[train[b]].mean(0) for b in range(len(BEHAVIORS))])
+    centres /= np.linalg.norm(centres, axis=-1, keepdims=True)
+    rows = []
+    for b, ids in heldout.items():
+        for i in ids:
+            sims = centres @ unit[i]
+            other = int(np.argmax(np.where(np.arange(len(BEHAVIORS)) == b, -np.inf, sims)))
+            rows.append(
+                {
+                    "behavior": BEHAVIORS[b].name,
+                    "prompt": texts[i],
+                    "nearest": BEHAVIORS[int(np.argmax(sims))].name,
+                    "own": float(sims[b]),
+                    "other": BEHAVIORS[other].name,
+                    "other_similarity": float(sims[other]),
+                }
+            )
+    return rows
+
+
 # ---------------------------------------------------------------------------------- timelines
 
 

@@ -69,6 +69,26 @@ def test_heldout_paraphrases_are_disjoint_from_training():
         assert len(train[b]) >= 3 and len(held[b]) >= 2
 
 
+def test_heldout_neighbours_name_the_paraphrases_an_encoder_places_elsewhere():
+    texts, train, held = bh.prompt_table()
+    n = len(bh.BEHAVIORS)
+    table = np.zeros((len(texts), n))
+    for b in range(n):  # each behavior its own direction, its paraphrases too ...
+        table[train[b], b] = 1.0
+        table[held[b], b] = 1.0
+    table[held[0][0]] = 0.0  # ... but one paraphrase of the first lies nearer the second's
+    table[held[0][0], 1], table[held[0][0], 0] = 1.0, 0.5
+    rows = bh.heldout_neighbours(table)
+    assert len(rows) == sum(len(ids) for ids in held.values())
+    moved = [r for r in rows if r["nearest"] != r["behavior"]]
+    assert [r["prompt"] for r in moved] == [texts[held[0][0]]]
+    assert moved[0]["nearest"] == moved[0]["other"] == bh.BEHAVIORS[1].name
+    assert moved[0]["own"] == pytest.approx(0.5 / np.sqrt(1.25))
+    assert moved[0]["other_similarity"] == pytest.approx(1 / np.sqrt(1.25))
+    kept = rows[-1]
+    assert kept["own"] == pytest.approx(1.0) and kept["other_similarity"] == pytest.approx(0.0)
+
+
 def test_timelines_switch_on_chunk_boundaries_with_heldout_prompts():
     rng = np.random.default_rng(0)
     tl = bh.sample_timeline(20 * FRAMES_PER_CHUNK, rng, bh.TimelineConfig(heldout=True))
