@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -404,7 +405,7 @@ def lipsync(mouth_read: np.ndarray, mouth_gt: np.ndarray) -> float:
 
 def _steady_windows(
     controls: np.ndarray, behavior: np.ndarray, window: int, protos: dict[str, np.ndarray]
-):
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """Per channel, the windows inside one commanded segment and past its ramp: yields
     `(channel, commanded ids [n], classified ids [n])` (-1 idle), one window start at a time."""
     ramp = int(bh.RAMP_SECONDS * FPS) + 2
