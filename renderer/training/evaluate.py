@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -403,34 +402,6 @@ def lipsync(mouth_read: np.ndarray, mouth_gt: np.ndarray) -> float:
     return _pearson(mouth_read.ravel(), mouth_gt.ravel())
 
 
-def _steady_windows(
-    controls: np.ndarray, behavior: np.ndarray, window: int, protos: dict[str, np.ndarray]
-) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """Per channel, the windows inside one commanded segment and past its ramp: yields
-    `(channel, commanded ids [n], classified ids [n])` (-1 idle), one window start at a time."""
-    ramp = int(bh.RAMP_SECONDS * FPS) + 2
-    t = controls.shape[1]
-    for ch, channel in enumerate(bh.BEHAVIOR_CHANNELS):
-        for start in range(0, t - window + 1, window):
-            span = behavior[:, max(0, start - ramp) : start + window, ch]  # [B, w + ramp]
-            steady = (span == span[:, :1]).all(1)
-            if steady.any():
-                pred = bh.classify(controls[steady, start : start + window], channel, protos)
-                yield channel, span[steady, 0], pred
-
-
-def behavior_hits(
-    controls: np.ndarray, behavior: np.ndarray, window: int, protos: dict[str, np.ndarray]
-) -> dict[str, tuple[int, int]]:
-    """Per channel: of the windows inside one commanded segment and past its ramp, how many
-    are classified as the command (idle included), and how many there are."""
-    out = dict.fromkeys(bh.BEHAVIOR_CHANNELS, (0, 0))
-    for channel, commanded, classified in _steady_windows(controls, behavior, window, protos):
-        hits, total = out[channel]
-        out[channel] = (hits + int((classified == commanded).sum()), total + len(commanded))
-    return out
-
-
 def behavior_name(b: int) -> str:
     return "idle" if b < 0 else bh.BEHAVIORS[b].name
 
@@ -438,16 +409,42 @@ def behavior_name(b: int) -> str:
 def behavior_confusion(
     controls: np.ndarray, behavior: np.ndarray, window: int, protos: dict[str, np.ndarray]
 ) -> dict[str, dict[str, dict[str, int]]]:
-    """Per channel: commanded behavior -> what its windows (those of `behavior_hits`) were
-    classified as -> how many; every behavior of the channel and idle is a row and a column."""
+    """Per channel: commanded behavior -> what its windows were classified as -> how many.
+    The windows are those inside one commanded segment and past its ramp; every behavior of the
+    channel and idle is a row and a column."""
+    ramp = int(bh.RAMP_SECONDS * FPS) + 2
+    t = controls.shape[1]
     out = {}
-    for channel in bh.BEHAVIOR_CHANNELS:
+    for ch, channel in enumerate(bh.BEHAVIOR_CHANNELS):
         names = [behavior_name(b) for b in (-1, *bh.CHANNEL_BEHAVIORS[channel])]
-        out[channel] = {a: dict.fromkeys(names, 0) for a in names}
-    for channel, commanded, classified in _steady_windows(controls, behavior, window, protos):
-        for a, b in zip(commanded.tolist(), classified.tolist(), strict=True):
-            out[channel][behavior_name(a)][behavior_name(b)] += 1
+        table = out[channel] = {a: dict.fromkeys(names, 0) for a in names}
+        for start in range(0, t - window + 1, window):
+            span = behavior[:, max(0, start - ramp) : start + window, ch]  # [B, w + ramp]
+            steady = (span == span[:, :1]).all(1)
+            if not steady.any():
+                continue
+            pred = bh.classify(controls[steady, start : start + window], channel, protos)
+            for a, b in zip(span[steady, 0].tolist(), pred.tolist(), strict=True):
+                table[behavior_name(a)][behavior_name(b)] += 1
     return out
+
+
+def confusion_hits(table: dict[str, dict[str, int]]) -> tuple[int, int]:
+    """One channel's `behavior_confusion`: windows classified as commanded, and all windows."""
+    return sum(table[a][a] for a in table), sum(sum(row.values()) for row in table.values())
+
+
+def _share(hits: int, total: int) -> float:
+    return hits / total if total else float("nan")
+
+
+def behavior_hits(
+    controls: np.ndarray, behavior: np.ndarray, window: int, protos: dict[str, np.ndarray]
+) -> dict[str, tuple[int, int]]:
+    """Per channel: of the windows inside one commanded segment and past its ramp, how many
+    are classified as the command (idle included), and how many there are."""
+    confusion = behavior_confusion(controls, behavior, window, protos)
+    return {channel: confusion_hits(table) for channel, table in confusion.items()}
 
 
 def behavior_accuracy(
@@ -457,7 +454,7 @@ def behavior_accuracy(
     channel); and their count."""
     counts = behavior_hits(controls, behavior, window, protos).values()
     hits, total = sum(h for h, _ in counts), sum(n for _, n in counts)
-    return (hits / total if total else float("nan")), total
+    return _share(hits, total), total
 
 
 def behavior_by_channel(
@@ -465,7 +462,7 @@ def behavior_by_channel(
 ) -> dict[str, float]:
     """`behavior_accuracy` of each prompt channel alone."""
     counts = behavior_hits(controls, behavior, window, protos)
-    return {ch: (h / n if n else float("nan")) for ch, (h, n) in counts.items()}
+    return {ch: _share(h, n) for ch, (h, n) in counts.items()}
 
 
 def identity_drift(identity: np.ndarray, ref: np.ndarray) -> float:
@@ -504,12 +501,13 @@ def compute_report(r: StreamReadings, cfg: EvalConfig) -> EvalReport:
         m: {"generated": [g[m] for g, _ in per], "ground_truth": [t[m] for _, t in per]}
         for m in METRICS
     }
-    gen_ch = behavior_by_channel(r.gen_controls, r.behavior, cfg.window, protos)
-    gt_ch = behavior_by_channel(r.gt_controls, r.behavior, cfg.window, protos)
-    channels = {ch: {"generated": gen_ch[ch], "ground_truth": gt_ch[ch]} for ch in gen_ch}
     confusion = {
-        "generated": behavior_confusion(r.gen_controls, r.behavior, cfg.window, protos),
-        "ground_truth": behavior_confusion(r.gt_controls, r.behavior, cfg.window, protos),
+        kind: behavior_confusion(c, r.behavior, cfg.window, protos)
+        for kind, c in (("generated", r.gen_controls), ("ground_truth", r.gt_controls))
+    }
+    channels = {
+        ch: {kind: _share(*confusion_hits(confusion[kind][ch])) for kind in confusion}
+        for ch in bh.BEHAVIOR_CHANNELS
     }
     return EvalReport(
         overall,

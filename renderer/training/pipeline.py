@@ -49,7 +49,15 @@ from flowact.renderer.training.export import (
     export_checkpoint,
     load_checkpoint,
 )
-from flowact.renderer.training.probe import PoseProbe, ProbeConfig, ProbeTrainConfig, train_probe
+from flowact.renderer.training.probe import (
+    PoseProbe,
+    ProbeConfig,
+    ProbeTrainConfig,
+    probe_loss,
+    score_probe,
+    train_probe,
+    training_batch,
+)
 from flowact.renderer.training.train import DiffusionConfig, train_diffusion
 from flowact.renderer.training.vae_train import VAETrainConfig, finetune_decoder, train_vae
 from flowact.renderer.weights import read_index
@@ -491,17 +499,8 @@ def _train_probe(cfg, work, device, vae, size, seconds, summary, first=None) -> 
 def _probe_score(probe: PoseProbe, transform) -> dict:
     """The probe's score on held-out renders, and under "decoded" on the same renders through
     `transform` (the VAE): a probe can read renders better and decoded frames worse."""
-    from flowact.renderer.training.probe import score_probe
-
-    def fields(score) -> dict:
-        return {
-            "control_corr": score.control_corr,
-            "identity_corr": score.identity_corr,
-            "identity_rank1": score.identity_rank1,
-        }
-
     decoded = score_probe(probe, transform=transform)
-    return {**fields(score_probe(probe)), "decoded": fields(decoded)}
+    return {**asdict(score_probe(probe)), "decoded": asdict(decoded)}
 
 
 def _probe_steps(pcfg, tcfg: ProbeTrainConfig, device, seconds: float, transform) -> int:
@@ -509,8 +508,6 @@ def _probe_steps(pcfg, tcfg: ProbeTrainConfig, device, seconds: float, transform
     training, through `transform`): the schedule needs a step count."""
     probe = PoseProbe(pcfg).to(device)
     rng = np.random.default_rng(0)
-    from flowact.renderer.training.probe import probe_loss, training_batch
-
     for i in range(4):  # one to warm up, three timed
         if i == 1:
             if device.type == "cuda":
