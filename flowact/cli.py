@@ -548,7 +548,7 @@ def compare(
     ] = "identity_drift",
 ) -> None:
     """Evaluation reports of several runs side by side: a table and one plot over stream time."""
-    from flowact.renderer.training.evaluate import EvalReport, compare_table, plot_comparison
+    from flowact.renderer.training.report import EvalReport, compare_table, plot_comparison
 
     reports = {}
     for run in runs:

@@ -21,8 +21,6 @@ Metrics, per `bin_seconds` of stream time and over the whole stream:
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,6 +38,7 @@ from flowact.renderer.training import speech, world
 from flowact.renderer.training.data import chunk_condition, chunk_windows
 from flowact.renderer.training.export import Bundle, load_checkpoint
 from flowact.renderer.training.probe import PoseProbe, read_frames
+from flowact.renderer.training.report import EvalReport, write_plots
 from flowact.schemas.timebase import FPS, FRAMES_PER_CHUNK, SAMPLES_PER_CHUNK
 
 log = structlog.get_logger(__name__)
@@ -76,145 +75,6 @@ class StreamReadings:
     behavior: np.ndarray  # [B, T, channels] commanded
     seam: list[float] = field(default_factory=list)  # per chunk: boundary change / inner change
     film: list[np.ndarray] = field(default_factory=list)
-
-
-@dataclass
-class EvalReport:
-    overall: dict[str, dict[str, float]]  # metric -> {"generated", "ground_truth"}
-    bins: dict[str, dict[str, list[float]]]  # metric -> {"generated", "ground_truth"} per bin
-    bin_seconds: float
-    config: dict
-    # ground truth through the VAE over the stream's first seconds: metric -> value, and
-    # "psnr_by_second" (a VAE that decays as a stream goes on shows here first), and
-    # "behavior_channels" (channel -> accuracy)
-    vae: dict = field(default_factory=dict)
-    # behavior accuracy of each prompt channel over the whole stream: channel ->
-    # {"generated", "ground_truth"} (empty in reports written before it was measured)
-    behavior_channels: dict[str, dict[str, float]] = field(default_factory=dict)
-    # what each commanded behavior was read as, per channel (`behavior_confusion`):
-    # {"generated", "ground_truth"} -> channel -> commanded -> classified -> windows
-    behavior_confusion: dict[str, dict] = field(default_factory=dict)
-
-    def table(self) -> str:
-        columns = ["metric", "generated", "ground truth"]
-        if self.vae:
-            columns.append(f"through the VAE ({self.config.get('vae_seconds', 0):g} s)")
-        rows = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-        for name, values in self.overall.items():
-            cells = [name, f"{values['generated']:.3f}", f"{values['ground_truth']:.3f}"]
-            if self.vae:
-                cells.append(f"{self.vae[name]:.3f}" if name in self.vae else "")
-            rows.append("| " + " | ".join(cells) + " |")
-        vae_channels = self.vae.get("behavior_channels", {})
-        for channel, values in self.behavior_channels.items():
-            cells = [
-                f"behavior: {channel}",
-                f"{values['generated']:.3f}",
-                f"{values['ground_truth']:.3f}",
-            ]
-            if self.vae:
-                cells.append(f"{vae_channels[channel]:.3f}" if channel in vae_channels else "")
-            rows.append("| " + " | ".join(cells) + " |")
-        if "psnr_by_second" in self.vae:
-            psnr = ", ".join(f"{v:.1f}" for v in self.vae["psnr_by_second"])
-            rows.append(f"\nVAE reconstruction PSNR (dB) per second of stream: {psnr}")
-        return "\n".join(rows)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
-
-    @classmethod
-    def load(cls, path: str | Path) -> EvalReport:
-        """A `report.json` as `run_eval` wrote it (or the folder that holds one)."""
-        path = Path(path)
-        path = path / "report.json" if path.is_dir() else path
-        if not path.is_file():
-            raise FileNotFoundError(f"no evaluation report at {path}")
-        return cls(**json.loads(path.read_text()))
-
-
-def compare_table(reports: dict[str, EvalReport]) -> str:
-    """Overall generated figures of several runs side by side, with the first run's ground truth
-    and, per run, the minute-5 over minute-0.5 drift ratio where its stream reaches minute 5."""
-    names = list(reports)
-    first = reports[names[0]]
-    rows = [
-        "| metric | " + " | ".join(names) + " | ground truth |",
-        "|" + " --- |" * (len(names) + 2),
-    ]
-    for metric in first.overall:
-        cells = [
-            f"{r.overall[metric]['generated']:.3f}" if metric in r.overall else ""
-            for r in reports.values()
-        ]
-        truth = f"{first.overall[metric]['ground_truth']:.3f}"
-        rows.append(f"| {metric} | " + " | ".join(cells) + f" | {truth} |")
-    ratios = [_drift_ratio(r) for r in reports.values()] + [_drift_ratio(first, "ground_truth")]
-    cells = ["" if v is None else f"{v:.2f}" for v in ratios]
-    rows.append("| drift min 5 / min 0.5 | " + " | ".join(cells) + " |")
-    for start, end in ((0, 5), (5, 10)):
-        means = [_drift_mean(r, start, end) for r in reports.values()]
-        means.append(_drift_mean(first, start, end, "ground_truth"))
-        cells = ["" if v is None else f"{v:.3f}" for v in means]
-        rows.append(f"| drift, min {start}-{end} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
-
-
-def _drift_mean(
-    report: EvalReport, start_min: float, end_min: float, which: str = "generated"
-) -> float | None:
-    """Mean drift over the whole bins inside [start, end) minutes of the stream, if the stream
-    covers that span."""
-    seconds = report.config.get("seconds", math.inf)
-    if seconds < end_min * 60 - report.bin_seconds:
-        return None
-    series = report.bins["identity_drift"][which]
-    width = report.bin_seconds
-    inside = [
-        v
-        for i, v in enumerate(series)
-        if i * width >= start_min * 60 and (i + 1) * width <= min(end_min * 60, seconds)
-    ]
-    return float(np.mean(inside)) if inside else None
-
-
-def _drift_ratio(report: EvalReport, which: str = "generated") -> float | None:
-    """Drift in the bin holding minute 5 over drift in the bin holding minute 0.5."""
-    series = report.bins["identity_drift"][which]
-    late, early = int(300 / report.bin_seconds), int(30 / report.bin_seconds)
-    if late >= len(series) or series[early] <= 0:
-        return None
-    return series[late] / series[early]
-
-
-def plot_comparison(reports: dict[str, EvalReport], metric: str, out: str | Path) -> Path:
-    """One PNG of `metric` over stream time for several runs, the first run's ground truth
-    dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    for name, report in reports.items():
-        series = report.bins[metric]["generated"]
-        ax.plot(
-            (np.arange(len(series)) + 0.5) * report.bin_seconds / 60, series, "o-", ms=3, label=name
-        )
-    first = next(iter(reports.values()))
-    truth = first.bins[metric]["ground_truth"]
-    x = (np.arange(len(truth)) + 0.5) * first.bin_seconds / 60
-    ax.plot(x, truth, "k--", label="ground truth")
-    ax.set_xlabel("stream time (min)")
-    ax.set_ylabel(metric)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
 
 
 # ---------------------------------------------------------------------------------- streams
@@ -519,90 +379,6 @@ def compute_report(r: StreamReadings, cfg: EvalConfig) -> EvalReport:
     )
 
 
-# ------------------------------------------------------------------------------------ plots
-
-
-def write_plots(report: EvalReport, readings: StreamReadings, out_dir: Path) -> list[Path]:
-    """One PNG per metric over stream time, plus a film strip (generated | ground truth)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed: no plots (pip install matplotlib)")
-        return []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for metric, series in report.bins.items():
-        fig, ax = plt.subplots(figsize=(6, 3.2))
-        x = (np.arange(len(series["generated"])) + 0.5) * report.bin_seconds / 60
-        ax.plot(x, series["generated"], "o-", label="generated")
-        ax.plot(x, series["ground_truth"], "s--", label="ground truth")
-        ax.set_xlabel("stream time (min)")
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        paths.append(out_dir / f"{metric}.png")
-        fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
-    if report.vae.get("psnr_by_second"):
-        psnr = report.vae["psnr_by_second"]
-        fig, ax = plt.subplots(figsize=(6, 3.2))
-        ax.plot(np.arange(1, len(psnr) + 1), psnr, "o-")
-        ax.set_xlabel("stream time (s)")
-        ax.set_ylabel("VAE reconstruction PSNR (dB)")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        paths.append(out_dir / "vae_psnr.png")
-        fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
-    if report.behavior_confusion:
-        paths.append(plot_confusion(report.behavior_confusion, out_dir / "behavior_confusion.png"))
-    if readings.film:
-        rows = [np.concatenate(list(f), axis=-2) for f in readings.film]  # [3, B*H, 2W]
-        strip = np.concatenate(rows, axis=-1).transpose(1, 2, 0)
-        plt.imsave(out_dir / "film.png", ((strip + 1) / 2).clip(0, 1))
-        paths.append(out_dir / "film.png")
-    return paths
-
-
-def plot_confusion(confusion: dict[str, dict], path: Path) -> Path:
-    """`EvalReport.behavior_confusion` as one heat map per channel and kind (generated above,
-    ground truth below): each row a commanded behavior, its windows' shares by what they were
-    read as."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    kinds = [k for k in ("generated", "ground_truth") if k in confusion]
-    channels = list(confusion[kinds[0]])
-    fig, axes = plt.subplots(
-        len(kinds), len(channels), figsize=(3.3 * len(channels), 3.2 * len(kinds)), squeeze=False
-    )
-    for row, kind in enumerate(kinds):
-        for col, channel in enumerate(channels):
-            table = confusion[kind][channel]
-            names = list(table)
-            counts = np.array([[table[a][b] for b in names] for a in names], float)
-            shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-            ax = axes[row, col]
-            ax.imshow(shares, vmin=0, vmax=1, cmap="viridis")
-            ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
-            ax.set_yticks(range(len(names)), names, fontsize=7)
-            ax.set_title(f"{channel}, {kind.replace('_', ' ')}", fontsize=9)
-            if row == len(kinds) - 1:
-                ax.set_xlabel("read as", fontsize=8)
-            if col == 0:
-                ax.set_ylabel("commanded", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 def run_eval(
     checkpoint: str | Path | Bundle,
     out_dir: str | Path,
@@ -629,7 +405,7 @@ def run_eval(
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(report.to_json())
     (out / "report.md").write_text(report.table() + "\n")
-    write_plots(report, readings, out)
+    write_plots(report, readings.film, out)
     log.info("eval_done", table="\n" + report.table())
     return report
 

@@ -13,13 +13,7 @@ import torch
 from flowact.renderer.model import FlowActMMDiT
 from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import world
-from flowact.renderer.training.evaluate import (
-    EvalConfig,
-    EvalReport,
-    compare_table,
-    plot_comparison,
-    run_eval,
-)
+from flowact.renderer.training.evaluate import EvalConfig, run_eval
 from flowact.renderer.training.export import (
     Bundle,
     checkpoint_bytes,
@@ -32,6 +26,7 @@ from flowact.renderer.training.probe import (
     probe_loss,
     read_frames,
 )
+from flowact.renderer.training.report import EvalReport, compare_table, plot_comparison
 from flowact.renderer.weights import read_index
 from flowact.schemas import timebase as tb
 
