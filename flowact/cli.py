@@ -500,6 +500,15 @@ def evaluate(
         Optional[float],  # noqa: UP045
         typer.Option(help="CFG scale of the prompts (default: the checkpoint's sampling.json)."),
     ] = None,
+    text_table: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            help="Prompt embeddings from `flowact train prepare` (text_table.pt), where the "
+            "preset's text encoder is not installed (default: encode with it now).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
     probe_from: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(help="Read the frames with this checkpoint's probe (default: its own)."),
@@ -518,6 +527,7 @@ def evaluate(
         vae_seconds=vae_seconds,
         speech_bank=str(speech_bank) if speech_bank else None,
         guidance=guidance,
+        text_table=str(text_table) if text_table else None,
     )
     probe = None
     if probe_from is not None:
@@ -529,7 +539,10 @@ def evaluate(
             f"{checkpoint} holds no probe: name a checkpoint that does with --probe-from",
             param_hint="--checkpoint",
         )
-    report = run_eval(checkpoint, out, config, probe, device=device or "cpu")
+    try:
+        report = run_eval(checkpoint, out, config, probe, device=device or "cpu")
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
     typer.echo(report.table())
     typer.echo(f"plots and report in {out}")
 

@@ -395,7 +395,7 @@ def run_eval(
     if probe is None:
         raise ValueError("the checkpoint has no probe part; pass probe=")
     if text_table is None:
-        text_table = _text_table(cfg, bundle.config.name)
+        text_table = _text_table(cfg, bundle.config.name, bundle.config.text_dim)
     streams = make_streams(cfg, eval_bank(cfg))
     readings = generate_and_read(bundle, probe, streams, text_table, cfg)
     report = compute_report(readings, cfg)
@@ -410,10 +410,20 @@ def run_eval(
     return report
 
 
-def _text_table(cfg: EvalConfig, preset: str) -> Tensor:
-    """Prompt embeddings from the encoder the preset trains and renders with."""
-    if cfg.text_table:
-        return torch.load(cfg.text_table, map_location="cpu")
-    from flowact.renderer.engine import build_text_encoder
+def _text_table(cfg: EvalConfig, preset: str, text_dim: int) -> Tensor:
+    """Prompt embeddings from `cfg.text_table` (checked against the prompt table and the
+    model's text width) or from the encoder the preset trains and renders with."""
+    prompts = bh.prompt_table()[0]
+    if not cfg.text_table:
+        from flowact.renderer.engine import build_text_encoder
 
-    return build_text_encoder("auto", preset).encode(bh.prompt_table()[0])
+        return build_text_encoder("auto", preset).encode(prompts)
+    table = torch.load(cfg.text_table, map_location="cpu")
+    want = (len(prompts), text_dim)
+    if not isinstance(table, Tensor) or tuple(table.shape) != want:
+        got = tuple(table.shape) if isinstance(table, Tensor) else type(table).__name__
+        raise ValueError(
+            f"text table {cfg.text_table}: expected a tensor of shape {want} "
+            f"(one row per prompt, the model's text width), got {got}"
+        )
+    return table

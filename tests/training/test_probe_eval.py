@@ -232,6 +232,7 @@ def test_behavior_accuracy_pools_the_channels_and_tells_them_apart():
 
 
 def test_eval_command_reads_with_another_checkpoints_probe(tmp_path):
+    """--probe-from lends a probe, --text-table lends prompt embeddings (checked for shape)."""
     import os
     import subprocess
     import sys
@@ -256,7 +257,18 @@ def test_eval_command_reads_with_another_checkpoints_probe(tmp_path):
     assert refused.returncode == 2 and "holds no probe" in refused.stderr
     assert "--probe-from" in refused.stderr
     assert run("--probe-from", str(tmp_path / "bare")).returncode == 2
-    done = run("--probe-from", str(tmp_path / "instrument"), "--seed", "2")
+    from flowact.renderer.engine import build_text_encoder
+
+    table = build_text_encoder("auto", "tiny").encode(bh.prompt_table()[0])
+    torch.save(table[:3], tmp_path / "short.pt")
+    torch.save(table, tmp_path / "table.pt")
+    short = run(
+        "--probe-from", str(tmp_path / "instrument"), "--text-table", str(tmp_path / "short.pt")
+    )
+    assert short.returncode == 2 and "expected a tensor of shape" in short.stderr
+    assert str(tuple(table[:3].shape)) in short.stderr
+    instrument = ["--probe-from", str(tmp_path / "instrument")]
+    done = run(*instrument, "--seed", "2", "--text-table", str(tmp_path / "table.pt"))
     assert done.returncode == 0, done.stderr
     assert "| behavior: gaze |" in done.stdout
     report = EvalReport.load(tmp_path / "out")
