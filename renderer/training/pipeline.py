@@ -243,6 +243,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         "text_encoder": "auto",
     }
     final = student_ema.model
+    before_dmd = None
     done = st3.seconds >= d.seconds - 1
     if cfg.dmd_seconds > 0 and done:
         dmd = DMDConfig(
@@ -257,15 +258,20 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             dmd, final, teacher, encoder, latents, table, work, piece_seconds=left()
         )
         summary["stage3_dmd"] = _stage_summary(st_dmd)
-        final = dmd_ema.model
+        before_dmd, final = final, dmd_ema.model
         done = st_dmd.seconds >= dmd.seconds - 1
+        # the step-distilled student too, so that what DMD did can be measured and either shipped
+        summary["checkpoint_before_dmd"] = before_dmd_path(cfg.checkpoint)
+        export_checkpoint(
+            summary["checkpoint_before_dmd"], before_dmd, vae, encoder, probe, sampling
+        )
     export_checkpoint(cfg.checkpoint, final, vae, encoder, probe, sampling)
     summary["checkpoint"] = cfg.checkpoint
     save_summary()
     # evaluation runs once distillation is complete, whatever is left of this piece's deadline
     if done:
         summary["eval"] = _evaluate(
-            cfg, final, teacher, vae, encoder, probe, table, work, eval_bank
+            cfg, final, teacher, vae, encoder, probe, table, work, eval_bank, before_dmd
         )
     save_summary()
     return summary
@@ -530,9 +536,17 @@ def _stage_summary(state) -> dict:
     }
 
 
-def _evaluate(cfg, student, teacher, vae, encoder, probe, table, work, eval_bank) -> dict:
-    """The distilled student with and without memory refinement, and the teacher; `student`
-    None evaluates the teacher alone."""
+def before_dmd_path(checkpoint: str) -> str:
+    """Where a run with DMD exports its step-distilled student, beside `checkpoint`."""
+    return f"{checkpoint.rstrip('/')}_before_dmd"
+
+
+def _evaluate(
+    cfg, student, teacher, vae, encoder, probe, table, work, eval_bank, before_dmd=None
+) -> dict:
+    """The distilled student with and without memory refinement, the step-distilled student
+    before DMD where DMD ran (with refinement), and the teacher; `student` None evaluates the
+    teacher alone."""
     results = {}
     base = EvalConfig(
         seconds=cfg.eval_seconds,
@@ -554,6 +568,8 @@ def _evaluate(cfg, student, teacher, vae, encoder, probe, table, work, eval_bank
             "distilled_3nfe_no_refine": (student, replace(base, refine_every=0), guided),
             **runs,
         }
+        if before_dmd is not None:
+            runs["distilled_3nfe_before_dmd_refine"] = (before_dmd, refined, guided)
     for name, (model, ecfg, sampling) in runs.items():
         t0 = time.monotonic()
         bundle = Bundle(model.config, model, vae, encoder, probe, {"shift": 3.0, **sampling})

@@ -81,8 +81,23 @@ def test_pipeline_runs_every_stage_and_evaluates(main_run):
     assert set(summary["eval"]) == {
         "distilled_3nfe_refine",
         "distilled_3nfe_no_refine",
+        "distilled_3nfe_before_dmd_refine",
         "teacher_12nfe_no_cfg",
     }
+
+
+def test_a_run_with_dmd_keeps_the_student_from_before_it(main_run):
+    _, ckpt, summary = main_run
+    before = summary["checkpoint_before_dmd"]
+    assert before == f"{ckpt}_before_dmd"
+    a, b = load_checkpoint(ckpt).model.state_dict(), load_checkpoint(before).model.state_dict()
+    assert a.keys() == b.keys()
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # DMD changed the student it was given
+    runs = summary["eval"]
+    assert (
+        runs["distilled_3nfe_before_dmd_refine"]["overall"]
+        != runs["distilled_3nfe_refine"]["overall"]
+    )
 
 
 def test_a_finished_run_resumes_to_the_same_summary(main_run):
