@@ -228,7 +228,8 @@ def read_through_vae(
     neutral = torch.from_numpy(bh.neutral_controls(1)).to(device).expand(len(identity), 1, -1)
     controls = torch.cat([neutral, torch.from_numpy(streams.controls[:, :frames]).to(device)], 1)
     truth = world.render(identity, controls, (mc.height, mc.width))  # [B, 1 + T, 3, H, W]
-    recon = bundle.vae.decode(bundle.vae.encode(truth)).float()
+    # one character at a time: a minute of frames through the VAE at once is tens of GiB
+    recon = torch.cat([bundle.vae.decode(bundle.vae.encode(x[None])).float() for x in truth])
     mse = (recon - truth).pow(2).mean((0, 2, 3, 4))[1:].cpu().numpy()  # [T]
     psnr = 10 * np.log10(4.0 / np.maximum(mse, 1e-12))
     reading = read_frames(probe, recon[:, 1:])
@@ -237,11 +238,13 @@ def read_through_vae(
     samples = frames * SAMPLES_PER_CHUNK // FRAMES_PER_CHUNK
     mouth = np.stack([speech.mouth_from_pcm(p[:samples]) for p in streams.pcm])
     behavior = np.stack([t.behavior for t in streams.timeline])[:, :frames]
-    protos = bh.prototypes(cfg.window)
+    confusion = behavior_confusion(c, behavior, cfg.window, bh.prototypes(cfg.window))
+    hits = [confusion_hits(table) for table in confusion.values()]
     return {
         "lipsync": lipsync(c[..., 0], mouth),
-        "behavior": behavior_accuracy(c, behavior, cfg.window, protos)[0],
-        "behavior_channels": behavior_by_channel(c, behavior, cfg.window, protos),
+        "behavior": _share(sum(h for h, _ in hits), sum(n for _, n in hits)),
+        "behavior_channels": {ch: _share(*confusion_hits(t)) for ch, t in confusion.items()},
+        "behavior_confusion": confusion,
         "identity_drift": identity_drift(reading.identity.cpu().numpy(), ref),
         "control_jitter": jitter(c),
         "psnr_by_second": [float(psnr[s : s + FPS].mean()) for s in range(0, frames, FPS)],

@@ -193,7 +193,10 @@ def write_plots(report: EvalReport, film: list[np.ndarray], out_dir: Path) -> li
         fig.savefig(paths[-1], dpi=100)
         plt.close(fig)
     if report.behavior_confusion:
-        paths.append(plot_confusion(report.behavior_confusion, out_dir / "behavior_confusion.png"))
+        confusion = dict(report.behavior_confusion)
+        if "behavior_confusion" in report.vae:
+            confusion["through_vae"] = report.vae["behavior_confusion"]
+        paths.append(plot_confusion(confusion, out_dir / "behavior_confusion.png"))
     if film:
         rows = [np.concatenate(list(f), axis=-2) for f in film]  # [3, B*H, 2W]
         strip = np.concatenate(rows, axis=-1).transpose(1, 2, 0)
@@ -203,15 +206,16 @@ def write_plots(report: EvalReport, film: list[np.ndarray], out_dir: Path) -> li
 
 
 def plot_confusion(confusion: dict[str, dict], path: Path) -> Path:
-    """`EvalReport.behavior_confusion` as one heat map per channel and kind (generated above,
-    ground truth below): each row a commanded behavior, its windows' shares by what they were
-    read as."""
+    """`EvalReport.behavior_confusion` as one heat map per channel and kind (generated, ground
+    truth, and where given `through_vae`: the ground truth of the first `vae_seconds` through
+    the VAE), each row a commanded behavior, its windows' shares by what they were read as."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kinds = [k for k in ("generated", "ground_truth") if k in confusion]
+    kinds = [k for k in ("generated", "ground_truth", "through_vae") if k in confusion]
+    titles = {"through_vae": "through the VAE"}
     channels = list(confusion[kinds[0]])
     fig, axes = plt.subplots(
         len(kinds), len(channels), figsize=(3.3 * len(channels), 3.2 * len(kinds)), squeeze=False
@@ -226,7 +230,7 @@ def plot_confusion(confusion: dict[str, dict], path: Path) -> Path:
             ax.imshow(shares, vmin=0, vmax=1, cmap="viridis")
             ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
             ax.set_yticks(range(len(names)), names, fontsize=7)
-            ax.set_title(f"{channel}, {kind.replace('_', ' ')}", fontsize=9)
+            ax.set_title(f"{channel}, {titles.get(kind, kind.replace('_', ' '))}", fontsize=9)
             if row == len(kinds) - 1:
                 ax.set_xlabel("read as", fontsize=8)
             if col == 0:

@@ -13,7 +13,7 @@ import torch
 from flowact.renderer.model import FlowActMMDiT
 from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import world
-from flowact.renderer.training.evaluate import EvalConfig, run_eval
+from flowact.renderer.training.evaluate import EvalConfig, confusion_hits, run_eval
 from flowact.renderer.training.export import (
     Bundle,
     checkpoint_bytes,
@@ -171,6 +171,12 @@ def test_run_eval_writes_a_table_and_reports(tmp_path):
     }
     assert set(report.behavior_channels) == set(bh.BEHAVIOR_CHANNELS)
     assert set(report.vae["behavior_channels"]) == set(bh.BEHAVIOR_CHANNELS)
+    # the VAE's figures are read off its own confusion tables, as the stream's are
+    vae_tables = report.vae["behavior_confusion"]
+    assert set(vae_tables) == set(bh.BEHAVIOR_CHANNELS)
+    for channel, table in vae_tables.items():
+        hits, windows = confusion_hits(table)
+        assert windows > 0 and report.vae["behavior_channels"][channel] == hits / windows
     loaded = EvalReport.load(tmp_path / "eval")
     assert loaded.behavior_channels == report.behavior_channels
     assert set(report.behavior_confusion) == {"generated", "ground_truth"}
