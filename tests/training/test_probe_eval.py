@@ -268,12 +268,10 @@ def test_eval_command_reads_with_another_checkpoints_probe(tmp_path):
     table = build_text_encoder("auto", "tiny").encode(bh.prompt_table()[0])
     torch.save(table[:3], tmp_path / "short.pt")
     torch.save(table, tmp_path / "table.pt")
-    short = run(
-        "--probe-from", str(tmp_path / "instrument"), "--text-table", str(tmp_path / "short.pt")
-    )
+    instrument = ["--probe-from", str(tmp_path / "instrument")]
+    short = run(*instrument, "--text-table", str(tmp_path / "short.pt"))
     assert short.returncode == 2 and "expected a tensor of shape" in short.stderr
     assert str(tuple(table[:3].shape)) in short.stderr
-    instrument = ["--probe-from", str(tmp_path / "instrument")]
     done = run(*instrument, "--seed", "2", "--text-table", str(tmp_path / "table.pt"))
     assert done.returncode == 0, done.stderr
     assert "| behavior: gaze |" in done.stdout
