@@ -239,11 +239,11 @@ def read_through_vae(
     mouth = np.stack([speech.mouth_from_pcm(p[:samples]) for p in streams.pcm])
     behavior = np.stack([t.behavior for t in streams.timeline])[:, :frames]
     confusion = behavior_confusion(c, behavior, cfg.window, bh.prototypes(cfg.window))
-    hits = [confusion_hits(table) for table in confusion.values()]
+    pooled, by_channel = confusion_accuracy(confusion)
     return {
         "lipsync": lipsync(c[..., 0], mouth),
-        "behavior": _share(sum(h for h, _ in hits), sum(n for _, n in hits)),
-        "behavior_channels": {ch: _share(*confusion_hits(t)) for ch, t in confusion.items()},
+        "behavior": pooled,
+        "behavior_channels": by_channel,
         "behavior_confusion": confusion,
         "identity_drift": identity_drift(reading.identity.cpu().numpy(), ref),
         "control_jitter": jitter(c),
@@ -301,6 +301,16 @@ def _share(hits: int, total: int) -> float:
     return hits / total if total else float("nan")
 
 
+def confusion_accuracy(
+    confusion: dict[str, dict[str, dict[str, int]]],
+) -> tuple[float, dict[str, float]]:
+    """A `behavior_confusion`'s share of windows read as commanded: over every channel, and
+    for each one."""
+    hits = {channel: confusion_hits(table) for channel, table in confusion.items()}
+    pooled = _share(sum(h for h, _ in hits.values()), sum(n for _, n in hits.values()))
+    return pooled, {channel: _share(h, n) for channel, (h, n) in hits.items()}
+
+
 def behavior_hits(
     controls: np.ndarray, behavior: np.ndarray, window: int, protos: dict[str, np.ndarray]
 ) -> dict[str, tuple[int, int]]:
@@ -324,8 +334,7 @@ def behavior_by_channel(
     controls: np.ndarray, behavior: np.ndarray, window: int, protos: dict[str, np.ndarray]
 ) -> dict[str, float]:
     """`behavior_accuracy` of each prompt channel alone."""
-    counts = behavior_hits(controls, behavior, window, protos)
-    return {ch: _share(h, n) for ch, (h, n) in counts.items()}
+    return confusion_accuracy(behavior_confusion(controls, behavior, window, protos))[1]
 
 
 def identity_drift(identity: np.ndarray, ref: np.ndarray) -> float:
@@ -368,10 +377,8 @@ def compute_report(r: StreamReadings, cfg: EvalConfig) -> EvalReport:
         kind: behavior_confusion(c, r.behavior, cfg.window, protos)
         for kind, c in (("generated", r.gen_controls), ("ground_truth", r.gt_controls))
     }
-    channels = {
-        ch: {kind: _share(*confusion_hits(confusion[kind][ch])) for kind in confusion}
-        for ch in bh.BEHAVIOR_CHANNELS
-    }
+    by_kind = {kind: confusion_accuracy(tables)[1] for kind, tables in confusion.items()}
+    channels = {ch: {kind: by_kind[kind][ch] for kind in by_kind} for ch in bh.BEHAVIOR_CHANNELS}
     return EvalReport(
         overall,
         series,
