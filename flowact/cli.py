@@ -13,8 +13,10 @@ from typing import Annotated, Optional
 import typer
 
 from flowact.logs import configure_logging
+from flowact.options import BusOption, DeviceOption, PresetOption
 from flowact.schemas.messages import Channel, Overlap
 from flowact.schemas.settings import BusSettings, LogSettings, RendererSettings
+from flowact.train_cli import compare, evaluate, train_app
 
 app = typer.Typer(
     help="FlowAct: real-time interactive avatars over a Redis Streams bus.",
@@ -25,25 +27,7 @@ bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=T
 app.add_typer(bench_app, name="bench")
 serve_app = typer.Typer(help="Run a FlowAct service on a bus.", no_args_is_help=True)
 app.add_typer(serve_app, name="serve")
-train_app = typer.Typer(
-    help="Train a renderer in the synthetic avatar world.", no_args_is_help=True
-)
 app.add_typer(train_app, name="train")
-
-BusOption = Annotated[
-    Optional[str],  # noqa: UP045 (typer reads the annotation at run time)
-    typer.Option("--bus", help="Bus URL: redis://host:port/db or memory:// [env: FLOWACT_BUS_URL]"),
-]
-
-
-PresetOption = Annotated[
-    Optional[str],  # noqa: UP045
-    typer.Option("--preset", "-p", help="Renderer preset: tiny, demo or paper-480p."),
-]
-DeviceOption = Annotated[
-    Optional[str],  # noqa: UP045
-    typer.Option("--device", "-d", help="torch device: cpu, cuda, cuda:1, ..."),
-]
 
 
 class Context:
@@ -416,167 +400,8 @@ def bench_renderer(
     typer.echo(report)
 
 
-@train_app.command("prepare")
-def train_prepare(
-    data: Annotated[Path, typer.Option(help="Folder for the training data.")] = Path(".train_data"),
-    preset: Annotated[str, typer.Option(help="Renderer preset to train.")] = "demo",
-) -> None:
-    """Render the synthetic world's clips and speech for training (CPU; needs espeak-ng)."""
-    from flowact.renderer.training.pipeline import prepare_data
-
-    prepare_data(data, preset)
-
-
-@train_app.command("run")
-def train_run(
-    preset: Annotated[str, typer.Option(help="Renderer preset to train.")] = "demo",
-    data: Annotated[Path, typer.Option(help="Folder made by `flowact train prepare`.")] = Path(
-        ".train_data"
-    ),
-    workdir: Annotated[Path, typer.Option(help="Resumable state of the run.")] = Path("out/train"),
-    checkpoint: Annotated[Path, typer.Option(help="Where the checkpoint is exported.")] = Path(
-        "out/checkpoint"
-    ),
-    deadline: Annotated[
-        float, typer.Option(help="Seconds this piece may run; run again to go on.")
-    ] = float("inf"),
-    init_from: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option(help="A checkpoint or another run's workdir to take the VAE and probe from."),
-    ] = None,
-    init_dit: Annotated[
-        bool, typer.Option(help="With --init-from CHECKPOINT: go on training its DiT too.")
-    ] = False,
-    compile_dit: Annotated[
-        bool, typer.Option("--compile", help="torch.compile the DiT blocks (stages 1-3).")
-    ] = False,
-    device: DeviceOption = None,
-) -> None:
-    """VAE, probe, stages 1-3 and evaluation; resumes from `--workdir`."""
-    from flowact.renderer.training.pipeline import PipelineConfig, check_config, run_pipeline
-
-    config = PipelineConfig(
-        preset=preset,
-        data=str(data),
-        workdir=str(workdir),
-        checkpoint=str(checkpoint),
-        deadline=deadline,
-        device=device,
-        init_from=str(init_from) if init_from else "",
-        init_dit=init_dit,
-        compile=compile_dit,
-    )
-    try:
-        check_config(config)
-    except (FileNotFoundError, ValueError) as err:
-        raise typer.BadParameter(str(err)) from None
-    typer.echo(json.dumps(run_pipeline(config), indent=1, default=str))
-
-
-@app.command("eval")
-def evaluate(
-    checkpoint: Annotated[Path, typer.Option(help="Checkpoint directory.")] = Path(
-        "checkpoints/demo"
-    ),
-    out: Annotated[Path, typer.Option(help="Folder for the table and plots.")] = Path("out/eval"),
-    seconds: Annotated[float, typer.Option(help="Stream length per identity.")] = 300.0,
-    identities: Annotated[int, typer.Option(help="Unseen identities.")] = 4,
-    seed: Annotated[
-        int,
-        typer.Option(
-            help="Stream seed: which unseen characters, speech and prompts (compare two models "
-            "over two or more).",
-            min=0,
-        ),
-    ] = 0,
-    vae_seconds: Annotated[
-        float, typer.Option(help="Ground truth through the VAE for this long (0: skip).")
-    ] = 20.0,
-    speech_bank: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option(help="Held-out speech from `flowact train prepare` (default: espeak-ng now)."),
-    ] = None,
-    guidance: Annotated[
-        Optional[float],  # noqa: UP045
-        typer.Option(help="CFG scale of the prompts (default: the checkpoint's sampling.json)."),
-    ] = None,
-    text_table: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option(
-            help="Prompt embeddings from `flowact train prepare` (text_table.pt), where the "
-            "preset's text encoder is not installed (default: encode with it now).",
-            exists=True,
-            dir_okay=False,
-        ),
-    ] = None,
-    probe_from: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option(help="Read the frames with this checkpoint's probe (default: its own)."),
-    ] = None,
-    device: DeviceOption = None,
-) -> None:
-    """Lip-sync, behavior accuracy, identity drift and smoothness of a checkpoint, with plots."""
-    from flowact.renderer.training.evaluate import EvalConfig, run_eval
-    from flowact.renderer.training.export import load_checkpoint
-    from flowact.renderer.weights import read_index
-
-    config = EvalConfig(
-        seconds=seconds,
-        identities=identities,
-        seed=seed,
-        vae_seconds=vae_seconds,
-        speech_bank=str(speech_bank) if speech_bank else None,
-        guidance=guidance,
-        text_table=str(text_table) if text_table else None,
-    )
-    probe = None
-    if probe_from is not None:
-        probe = load_checkpoint(probe_from, device or "cpu").probe
-        if probe is None:
-            raise typer.BadParameter(f"{probe_from} holds no probe", param_hint="--probe-from")
-    elif "probe" not in read_index(checkpoint)["parts"]:
-        raise typer.BadParameter(
-            f"{checkpoint} holds no probe: name a checkpoint that does with --probe-from",
-            param_hint="--checkpoint",
-        )
-    try:
-        report = run_eval(checkpoint, out, config, probe, device=device or "cpu")
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from None
-    typer.echo(report.table())
-    typer.echo(f"plots and report in {out}")
-
-
-@app.command("compare")
-def compare(
-    runs: Annotated[
-        list[str],
-        typer.Argument(help="NAME=DIR pairs: a label and a folder that `flowact eval` wrote."),
-    ],
-    out: Annotated[Path, typer.Option(help="PNG of the metric over stream time.")] = Path(
-        "out/compare.png"
-    ),
-    metric: Annotated[
-        str, typer.Option(help="lipsync, behavior, identity_drift, control_jitter or seam_ratio.")
-    ] = "identity_drift",
-) -> None:
-    """Evaluation reports of several runs side by side: a table and one plot over stream time."""
-    from flowact.renderer.training.report import EvalReport, compare_table, plot_comparison
-
-    reports = {}
-    for run in runs:
-        name, sep, folder = run.partition("=")
-        if not sep or not name or not folder:
-            raise typer.BadParameter(f"{run!r} is not NAME=DIR", param_hint="RUNS")
-        try:
-            reports[name] = EvalReport.load(folder)
-        except FileNotFoundError as err:
-            raise typer.BadParameter(str(err), param_hint="RUNS") from None
-    missing = [name for name, r in reports.items() if metric not in r.bins]
-    if missing:
-        raise typer.BadParameter(f"no {metric!r} in {', '.join(missing)}", param_hint="--metric")
-    typer.echo(compare_table(reports))
-    typer.echo(f"plot in {plot_comparison(reports, metric, out)}")
+app.command("eval")(evaluate)
+app.command("compare")(compare)
 
 
 async def _publish(settings: BusSettings, session: str, message) -> str:  # noqa: ANN001
