@@ -53,7 +53,8 @@ def train_run(
     device: DeviceOption = None,
 ) -> None:
     """VAE, probe, stages 1-3 and evaluation; resumes from `--workdir`."""
-    from flowact.renderer.training.pipeline import PipelineConfig, check_config, run_pipeline
+    from flowact.renderer.training.pipeline import PipelineConfig, run_pipeline
+    from flowact.renderer.training.workdir import check_config
 
     config = PipelineConfig(
         preset=preset,

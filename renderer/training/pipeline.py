@@ -22,10 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shutil
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -39,7 +36,7 @@ from flowact.renderer.presets import get_preset
 from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import data as data_mod
 from flowact.renderer.training import speech, world
-from flowact.renderer.training.common import EMA, StageState, pick_device, save_atomically
+from flowact.renderer.training.common import EMA, pick_device
 from flowact.renderer.training.distill import DistillConfig, train_distill
 from flowact.renderer.training.dmd import DMDConfig, train_dmd
 from flowact.renderer.training.evaluate import EvalConfig, run_eval
@@ -60,7 +57,7 @@ from flowact.renderer.training.probe import (
 )
 from flowact.renderer.training.train import DiffusionConfig, train_diffusion
 from flowact.renderer.training.vae_train import VAETrainConfig, finetune_decoder, train_vae
-from flowact.renderer.weights import read_index
+from flowact.renderer.training.workdir import check_config, open_summary, seed_workdir, take_data
 
 log = structlog.get_logger(__name__)
 
@@ -146,13 +143,13 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     torch.backends.cudnn.allow_tf32 = True
     work, data_dir = Path(cfg.workdir), Path(cfg.data)
     work.mkdir(parents=True, exist_ok=True)
-    summary, save_summary = _open_summary(work, cfg)
-    eval_bank = _take_data(data_dir, work)
+    summary, save_summary = open_summary(work, cfg)
+    eval_bank = take_data(data_dir, work)
     bank = speech.load_bank(data_dir / "speech_train.npz")
     table = torch.load(data_dir / "text_table.pt", map_location="cpu").to(device)
     size = (get_preset(cfg.preset).height, get_preset(cfg.preset).width)
     if cfg.init_from:
-        _seed(work, cfg)
+        seed_workdir(work, cfg)
 
     def left() -> float:
         return max(0.0, cfg.deadline - (time.monotonic() - start))
@@ -277,109 +274,6 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     return summary
 
 
-DATA_FILES = ("speech_train.npz", "speech_eval.npz", "text_table.pt")
-SEEDED_FROM_WORKDIR = ("vae/state.pt", "probe.pt", "latents.pt")
-
-
-def check_config(cfg: PipelineConfig) -> None:
-    """What a run needs before it starts: the prepared data, and a source it can start from.
-    Raises `FileNotFoundError` or `ValueError` naming what is wrong (before any training)."""
-    data_dir = Path(cfg.data)
-    missing = [name for name in DATA_FILES if not (data_dir / name).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{data_dir} lacks {', '.join(missing)}: make it with `python -m "
-            f"flowact.renderer.training.pipeline prepare --data {data_dir}`"
-        )
-    share = cfg.probe_decoded_share
-    if not 0.0 <= share <= 1.0:
-        raise ValueError(f"probe_decoded_share must be within [0, 1], not {share}")
-    if cfg.init_dit and not cfg.init_from:
-        raise ValueError("init_dit needs init_from: the checkpoint whose DiT to start from")
-    if not cfg.init_from:
-        return
-    source, seeded = Path(cfg.init_from), (Path(cfg.workdir) / "vae" / "state.pt").is_file()
-    if (source / "index.json").is_file():
-        name = read_index(source)["parts"]["dit"]["config"]["name"]
-        if cfg.init_dit and name != cfg.preset:
-            raise ValueError(f"{source} holds a {name!r} DiT; this run trains {cfg.preset!r}")
-    elif (source / "vae" / "state.pt").is_file():
-        if cfg.init_dit:
-            raise ValueError(f"init_dit takes an exported checkpoint's DiT; {source} is a workdir")
-        missing = [name for name in SEEDED_FROM_WORKDIR if not (source / name).is_file()]
-        if missing and not seeded:
-            raise FileNotFoundError(f"{source} has not made {', '.join(missing)} yet")
-    else:
-        raise FileNotFoundError(
-            f"{source} is neither an exported checkpoint (index.json) nor a work directory "
-            "(vae/state.pt)"
-        )
-
-
-def _take_data(data_dir: Path, work: Path) -> Path:
-    """Keep the held-out speech in `work`: the evaluation at the end of a run reads it from
-    there, whatever became of `data_dir`."""
-    kept = work / "speech_eval.npz"
-    if not kept.is_file():
-        shutil.copyfile(data_dir / "speech_eval.npz", kept)
-    return kept
-
-
-def _seed(work: Path, cfg: PipelineConfig) -> None:
-    """Start a fresh `work` from `init_from` (checked by `check_config`): an exported checkpoint
-    or another run's workdir."""
-    source = Path(cfg.init_from)
-    if (source / "index.json").is_file():
-        _seed_from_checkpoint(work, cfg)
-    else:
-        _seed_from_workdir(work, source, cfg)
-
-
-def _seed_from_workdir(work: Path, source: Path, cfg: PipelineConfig) -> None:
-    """Take another run's VAE, probe and latents as they are, so that an ablation can start as
-    soon as that run has made its latents, beside it on the same machine."""
-    if (work / "vae" / "state.pt").is_file():
-        return
-    work.mkdir(parents=True, exist_ok=True)
-    for name in ("probe.pt", "latents.pt"):
-        _link_or_copy(source / name, work / name)
-    # the VAE stage as finished, whatever this run's own VAE budget is
-    blob = torch.load(source / "vae" / "state.pt", map_location="cpu", weights_only=False)
-    blob["seconds"] = max(blob["seconds"], cfg.vae_seconds)
-    save_atomically(blob, work / "vae" / "state.pt")
-    log.info("workdir_seeded", source=str(source), workdir=str(work))
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)  # the latents are hundreds of MB: share them where the disk allows
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
-def _seed_from_checkpoint(work: Path, cfg: PipelineConfig) -> None:
-    """Write the checkpoint's VAE (as a finished VAE stage) and probe into a fresh `work`; with
-    `init_dit`, also its DiT and audio encoder as a finished stage 1, so that stage 2 goes on
-    training them (training that outlasts one machine, carried by the exported checkpoint)."""
-    checkpoint = Path(cfg.init_from)
-    vae_path, probe_path = work / "vae" / "state.pt", work / "probe.pt"
-    dit_path = work / "stage1" / "state.pt"
-    if vae_path.is_file() and (dit_path.is_file() or not cfg.init_dit):
-        return
-    bundle = load_checkpoint(checkpoint)
-    if bundle.probe is None:
-        raise ValueError(f"{checkpoint} holds no probe to start from")
-    # the exported weights are bf16; stored back in fp32 as a trained stage would hold them
-    if not vae_path.is_file():
-        StageState({"vae": bundle.vae.float()}, step=1, seconds=cfg.vae_seconds).save(vae_path)
-        torch.save(bundle.probe.float().state_dict(), probe_path)
-    if cfg.init_dit and not dit_path.is_file():
-        dit, audio = bundle.model.float(), bundle.audio.float()
-        parts = {"model": dit, "encoder": audio, "ema": dit}
-        StageState(parts, step=1, seconds=cfg.stage1_seconds).save(dit_path)
-    log.info("workdir_seeded", checkpoint=str(checkpoint), workdir=str(work), dit=cfg.init_dit)
-
-
 def _vae_config(cfg: PipelineConfig, size: tuple[int, int]) -> VAETrainConfig:
     return VAETrainConfig(
         VAE_PRESET[cfg.preset],
@@ -421,7 +315,7 @@ def refit_checkpoint(cfg: PipelineConfig) -> dict:
     device = pick_device(cfg.device)
     work, data_dir = Path(cfg.workdir), Path(cfg.data)
     work.mkdir(parents=True, exist_ok=True)
-    summary, save_summary = _open_summary(work, cfg)
+    summary, save_summary = open_summary(work, cfg)
     bundle = load_checkpoint(cfg.init_from, device)
     if cfg.probe_continue and cfg.probe_seconds > 0 and bundle.probe is None:
         raise ValueError(f"{cfg.init_from} holds no probe to go on training")
@@ -447,21 +341,6 @@ def refit_checkpoint(cfg: PipelineConfig) -> dict:
         summary["checkpoint"] = cfg.checkpoint
     save_summary()
     return summary
-
-
-def _open_summary(work: Path, cfg: PipelineConfig) -> tuple[dict, Callable[[], None]]:
-    """`work/summary.json` as earlier pieces left it (with this piece's `cfg`), and a function
-    that writes it back with this piece's wall time so far added to theirs."""
-    path, start = work / "summary.json", time.monotonic()
-    summary = json.loads(path.read_text()) if path.is_file() else {}
-    summary["config"] = asdict(cfg)
-    earlier = summary.get("wall_seconds", 0.0)  # the pieces before this one
-
-    def save() -> None:
-        summary["wall_seconds"] = earlier + time.monotonic() - start
-        path.write_text(json.dumps(summary, indent=1, default=str))
-
-    return summary, save
 
 
 def _train_probe(cfg, work, device, vae, size, seconds, summary, first=None) -> PoseProbe:
