@@ -224,12 +224,12 @@ def score_probe(
             frames = torch.cat([transform(part[:, 0]) for part in frames.split(64)])[:, None]
     out = read_frames(probe, frames)
     got, want = out.controls[:, 0].cpu().numpy(), controls.cpu().numpy()
-    corr = {name: _pearson(got[:, k], want[:, k]) for k, name in enumerate(bh.CONTROLS)}
+    corr = {name: pearson(got[:, k], want[:, k]) for k, name in enumerate(bh.CONTROLS)}
     ident_got, ident_want = out.identity[:, 0].cpu(), world.identity_targets(identity).cpu()
     id_corr = float(
         np.mean(
             [
-                _pearson(ident_got[:, d].numpy(), ident_want[:, d].numpy())
+                pearson(ident_got[:, d].numpy(), ident_want[:, d].numpy())
                 for d in range(ident_want.shape[1])
             ]
         )
@@ -238,7 +238,7 @@ def score_probe(
     return ProbeScore(corr, id_corr, float(rank1))
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
     denom = np.sqrt((a * a).sum() * (b * b).sum())
     return float((a * b).sum() / denom) if denom > 0 else 0.0

@@ -1,0 +1,269 @@
+"""What a checkpoint's latent space carries of each control, against what its decoded frames
+show: where a control that the stream does not show is lost, in the encoder or in the decoder.
+
+Clips hold random poses (`behaviors.random_controls`), each for `hold` latents of 4 frames, and
+the last latent of each hold is read: the VAE's temporal kernels see only that pose there, so
+each read latent has one target. Four readings of every control are compared,
+as correlations with the truth on the unseen characters:
+
+- `probe_raw`: the probe on the rendered frames (what the instrument can read at all);
+- `probe_decoded`: the probe on the frames encoded and decoded (what the evaluation sees of a
+  perfect DiT);
+- `latent_linear`: ridge regression from the latents, fitted on training characters;
+- `latent_conv`: a small convolutional readout from the latents, trained on them.
+
+A control whose latent readouts are high while `probe_decoded` is low is in the latents and lost
+in the decoder: a decoder trained further can bring it back without a new latent space. One
+whose latent readouts are low as well is lost in the encoder.
+
+    python -m flowact.renderer.training.latent_readout --checkpoint checkpoints/demo \
+        --out docs/training/reports/latent_readout.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import structlog
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from flowact.renderer.training import behaviors as bh
+from flowact.renderer.training import world
+from flowact.renderer.training.common import pick_device
+from flowact.renderer.training.export import Bundle, load_checkpoint
+from flowact.renderer.training.probe import pearson, read_frames
+from flowact.renderer.vae import CausalVideoVAE
+
+log = structlog.get_logger(__name__)
+
+READINGS = ("probe_raw", "probe_decoded", "latent_linear", "latent_conv")
+
+
+@dataclass(frozen=True)
+class ReadoutConfig:
+    train_clips: int = 64  # training characters, one clip each
+    eval_clips: int = 16  # unseen characters
+    poses: int = 8  # poses per clip
+    hold: int = 3  # latents each pose is held for; the last one is read
+    batch: int = 4  # clips through the VAE at once
+    ridge: float = 10.0  # the linear readout's penalty, on standardised latents
+    conv_steps: int = 1500
+    conv_lr: float = 2e-3
+    seed: int = 0
+
+
+@dataclass
+class PoseClips:
+    frames: Tensor  # [N, 1 + 4 * P * hold, 3, H, W]: the neutral reference, then the poses
+    poses: np.ndarray  # [N, P, K]
+    hold: int
+
+    def read(self, per_latent: Tensor) -> Tensor:
+        """`[N, P * hold, ...]` -> the last of each hold, `[N, P, ...]`."""
+        return per_latent[:, self.hold - 1 :: self.hold]
+
+
+def pose_clips(
+    n: int, poses: int, hold: int, split: str, size: tuple[int, int], seed: int, factor: int
+) -> PoseClips:
+    """`n` characters of `split`, each holding `poses` random poses for `hold` latents (of
+    `factor` frames) each."""
+    rng = np.random.default_rng(seed)
+    identity = world.sample_identities(n, split, seed)
+    k = len(bh.CONTROLS)
+    held = bh.random_controls(n * poses, rng).reshape(n, poses, k)
+    neutral = bh.neutral_controls(1)[None].repeat(n, 0)  # [N, 1, K]
+    controls = np.concatenate([neutral, held.repeat(factor * hold, axis=1)], 1)
+    return PoseClips(world.render(identity, torch.from_numpy(controls), size), held, hold)
+
+
+@torch.no_grad()
+def encode_clips(vae: CausalVideoVAE, clips: PoseClips, batch: int, desc: str) -> Tensor:
+    """Every clip's latents, `[N, 1 + P * hold, C, h, w]`."""
+    device = next(vae.parameters()).device
+    parts = [
+        vae.encode(part.to(device)).float().cpu()
+        for part in tqdm(clips.frames.split(batch), desc=desc, unit="batch", leave=False)
+    ]
+    return torch.cat(parts)
+
+
+def read_latents(clips: PoseClips, latents: Tensor) -> Tensor:
+    """The read latent of each pose, `[N * P, C, h, w]`, of `encode_clips`'s latents."""
+    return clips.read(latents[:, 1:]).flatten(0, 1)
+
+
+@torch.no_grad()
+def probe_readings(bundle: Bundle, latents: Tensor, clips: PoseClips, batch: int) -> dict:
+    """The probe's reading of each pose's read latent, averaged over its frames, on the
+    rendered frames and on the frames decoded from `latents` (`encode_clips`):
+    `{"probe_raw", "probe_decoded"} -> [N * P, K]`."""
+    n = len(latents)
+    device = next(bundle.vae.parameters()).device
+    decoded = torch.cat(
+        [
+            bundle.vae.decode(part.to(device))[:, 1:].float().cpu()
+            for part in tqdm(latents.split(batch), desc="decode", unit="batch", leave=False)
+        ]
+    )
+    out = {}
+    for name, frames in (("probe_raw", clips.frames[:, 1:]), ("probe_decoded", decoded)):
+        groups = frames.view(n, latents.shape[1] - 1, -1, *frames.shape[2:])  # [N, L, 4, ...]
+        read = clips.read(groups).flatten(1, 2)  # [N, P * 4, 3, H, W]
+        controls = read_frames(bundle.probe, read).controls.cpu().numpy()
+        out[name] = controls.reshape(n, clips.poses.shape[1], -1, controls.shape[-1]).mean(2)
+        out[name] = out[name].reshape(-1, controls.shape[-1])
+    return out
+
+
+def fit_ridge(x: np.ndarray, y: np.ndarray, penalty: float) -> tuple[np.ndarray, ...]:
+    """Ridge regression of `y` `[N, K]` on `x` `[N, D]`, on standardised features: the
+    (mean, scale, weights, intercept) that `apply_ridge` uses."""
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    z = (x - mean) / scale
+    gram = z.T @ z + penalty * np.eye(z.shape[1])
+    weights = np.linalg.solve(gram, z.T @ (y - y.mean(0)))
+    return mean, scale, weights, y.mean(0)
+
+
+def apply_ridge(fit: tuple[np.ndarray, ...], x: np.ndarray) -> np.ndarray:
+    mean, scale, weights, intercept = fit
+    return ((x - mean) / scale) @ weights + intercept
+
+
+class ConvReadout(nn.Module):
+    """Latent `[N, C, h, w]` -> controls `[N, K]`: two convolutions and a linear head."""
+
+    def __init__(self, channels: int, controls: int, width: int = 64) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(width, width, 3, stride=2, padding=1),
+            nn.GELU(),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(width * 16, 256),
+            nn.GELU(),
+            nn.Linear(256, controls),
+        )
+
+    def forward(self, latents: Tensor) -> Tensor:
+        return self.body(latents)
+
+
+def train_conv(
+    x: Tensor, y: Tensor, cfg: ReadoutConfig, device: torch.device
+) -> tuple[ConvReadout, list[float]]:
+    """A `ConvReadout` fitted to (`x`, `y`) by Adam, and its loss per step."""
+    torch.manual_seed(cfg.seed)
+    model = ConvReadout(x.shape[1], y.shape[1]).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.conv_lr, weight_decay=1e-2)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.conv_steps)
+    x, y = x.to(device), y.to(device)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    losses = []
+    for _ in tqdm(range(cfg.conv_steps), desc="conv readout", unit="step", leave=False):
+        rows = torch.randint(0, len(x), (min(128, len(x)),), generator=gen).to(device)
+        loss = (model(x[rows]) - y[rows]).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    return model.eval(), losses
+
+
+def correlations(got: np.ndarray, want: np.ndarray) -> dict[str, float]:
+    return {name: pearson(got[:, k], want[:, k]) for k, name in enumerate(bh.CONTROLS)}
+
+
+def run_readout(bundle: Bundle, cfg: ReadoutConfig) -> dict:
+    """Every control's four readings (`READINGS`) on the unseen characters, and the conv
+    readout's first and last losses."""
+    if bundle.probe is None:
+        raise ValueError("the checkpoint holds no probe to read its frames with")
+    device = next(bundle.vae.parameters()).device
+    size, factor = (bundle.config.height, bundle.config.width), bundle.vae.config.temporal_factor
+    train = pose_clips(cfg.train_clips, cfg.poses, cfg.hold, "train", size, cfg.seed, factor)
+    test = pose_clips(cfg.eval_clips, cfg.poses, cfg.hold, "eval", size, cfg.seed + 1, factor)
+    test_latents = encode_clips(bundle.vae, test, cfg.batch, "encode (unseen characters)")
+    x_test = read_latents(test, test_latents)
+    x_train = read_latents(
+        train, encode_clips(bundle.vae, train, cfg.batch, "encode (training characters)")
+    )
+    y_train = train.poses.reshape(-1, train.poses.shape[-1])
+    y_test = test.poses.reshape(-1, test.poses.shape[-1])
+    readings = probe_readings(bundle, test_latents, test, cfg.batch)
+    fit = fit_ridge(x_train.flatten(1).numpy(), y_train, cfg.ridge)
+    readings["latent_linear"] = apply_ridge(fit, x_test.flatten(1).numpy())
+    conv, losses = train_conv(x_train, torch.from_numpy(y_train), cfg, device)
+    with torch.no_grad():
+        readings["latent_conv"] = conv(x_test.to(device)).cpu().numpy()
+    result = {name: correlations(readings[name], y_test) for name in READINGS}
+    log.info("latent_readout", **{name: _mean(r) for name, r in result.items()})
+    return {
+        "correlation": result,
+        "conv_loss_first50": float(np.mean(losses[:50])),
+        "conv_loss_last50": float(np.mean(losses[-50:])),
+        "samples": {"train": len(y_train), "eval": len(y_test)},
+        "config": asdict(cfg),
+    }
+
+
+def _mean(r: dict[str, float]) -> float:
+    return round(float(np.mean(list(r.values()))), 3)
+
+
+def plot_readout(result: dict, out: Path) -> Path:
+    """One group of bars per control, one bar per reading."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    corr = result["correlation"]
+    x = np.arange(len(bh.CONTROLS))
+    fig, ax = plt.subplots(figsize=(12, 4))
+    width = 0.8 / len(READINGS)
+    for i, name in enumerate(READINGS):
+        values = [corr[name][c] for c in bh.CONTROLS]
+        ax.bar(x + (i - (len(READINGS) - 1) / 2) * width, values, width, label=name)
+    ax.set_xticks(x, bh.CONTROLS, rotation=30)
+    ax.set_ylabel("correlation with the truth")
+    ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.0)
+    ax.set_title("What the latents carry of each control, and what the decoded frames show")
+    ax.legend(ncol=4, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/demo"))
+    parser.add_argument("--out", type=Path, default=Path("out/latent_readout.json"))
+    parser.add_argument("--device", default=None)
+    for name, value in asdict(ReadoutConfig()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    args = parser.parse_args()
+    fields = asdict(ReadoutConfig())
+    cfg = ReadoutConfig(**{k: getattr(args, k) for k in fields})
+    bundle = load_checkpoint(args.checkpoint, pick_device(args.device))
+    result = run_readout(bundle, cfg)
+    result["checkpoint"] = str(args.checkpoint)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    png = plot_readout(result, args.out.with_suffix(".png"))
+    print(json.dumps({"report": str(args.out), "plot": str(png)}))
+
+
+if __name__ == "__main__":
+    main()
