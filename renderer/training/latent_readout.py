@@ -117,8 +117,8 @@ def probe_readings(bundle: Bundle, latents: Tensor, clips: PoseClips, batch: int
         groups = frames.view(n, latents.shape[1] - 1, -1, *frames.shape[2:])  # [N, L, 4, ...]
         read = clips.read(groups).flatten(1, 2)  # [N, P * 4, 3, H, W]
         controls = read_frames(bundle.probe, read).controls.cpu().numpy()
-        out[name] = controls.reshape(n, clips.poses.shape[1], -1, controls.shape[-1]).mean(2)
-        out[name] = out[name].reshape(-1, controls.shape[-1])
+        k = controls.shape[-1]
+        out[name] = controls.reshape(n * clips.poses.shape[1], -1, k).mean(1)  # over its frames
     return out
 
 
@@ -251,18 +251,18 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/demo"))
     parser.add_argument("--out", type=Path, default=Path("out/latent_readout.json"))
     parser.add_argument("--device", default=None)
-    for name, value in asdict(ReadoutConfig()).items():
+    defaults = asdict(ReadoutConfig())
+    for name, value in defaults.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args()
-    fields = asdict(ReadoutConfig())
-    cfg = ReadoutConfig(**{k: getattr(args, k) for k in fields})
+    cfg = ReadoutConfig(**{k: getattr(args, k) for k in defaults})
     bundle = load_checkpoint(args.checkpoint, pick_device(args.device))
     result = run_readout(bundle, cfg)
     result["checkpoint"] = str(args.checkpoint)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     png = plot_readout(result, args.out.with_suffix(".png"))
-    print(json.dumps({"report": str(args.out), "plot": str(png)}))
+    log.info("latent_readout_written", report=str(args.out), plot=str(png))
 
 
 if __name__ == "__main__":
