@@ -47,6 +47,12 @@ def train_run(
     init_dit: Annotated[
         bool, typer.Option(help="With --init-from CHECKPOINT: go on training its DiT too.")
     ] = False,
+    vae_continue: Annotated[
+        bool,
+        typer.Option(
+            help="With --init-from CHECKPOINT: go on training its VAE (a new latent space)."
+        ),
+    ] = False,
     compile_dit: Annotated[
         bool, typer.Option("--compile", help="torch.compile the DiT blocks (stages 1-3).")
     ] = False,
@@ -65,6 +71,7 @@ def train_run(
         device=device,
         init_from=str(init_from) if init_from else "",
         init_dit=init_dit,
+        vae_continue=vae_continue,
         compile=compile_dit,
     )
     try:

@@ -116,6 +116,10 @@ class PipelineConfig:
     # with init_from: its DiT and audio encoder too, in place of stage 1 (stage 2 goes on from
     # them), so that DiT training adds up over runs on machines that do not last
     init_dit: bool = False
+    # with init_from a checkpoint: go on training its VAE, encoder and decoder, for
+    # `vae_seconds` (a warm start of a new latent space: the latents are made anew in it, and an
+    # init_dit DiT adapts to it in stage 2); without it the VAE is kept as it is
+    vae_continue: bool = False
 
 
 def prepare_data(out: str | Path, preset: str = "demo", train_sentences: int = 160) -> None:

@@ -45,6 +45,8 @@ def check_config(cfg: PipelineConfig) -> None:
         raise ValueError(f"probe_decoded_share must be within [0, 1], not {share}")
     if cfg.init_dit and not cfg.init_from:
         raise ValueError("init_dit needs init_from: the checkpoint whose DiT to start from")
+    if cfg.vae_continue and not cfg.init_from:
+        raise ValueError("vae_continue needs init_from: the checkpoint whose VAE to go on training")
     if not cfg.init_from:
         return
     source, seeded = Path(cfg.init_from), (Path(cfg.workdir) / "vae" / "state.pt").is_file()
@@ -53,8 +55,11 @@ def check_config(cfg: PipelineConfig) -> None:
         if cfg.init_dit and name != cfg.preset:
             raise ValueError(f"{source} holds a {name!r} DiT; this run trains {cfg.preset!r}")
     elif (source / "vae" / "state.pt").is_file():
-        if cfg.init_dit:
-            raise ValueError(f"init_dit takes an exported checkpoint's DiT; {source} is a workdir")
+        for flag, part in (("init_dit", "DiT"), ("vae_continue", "VAE")):
+            if getattr(cfg, flag):
+                raise ValueError(
+                    f"{flag} takes an exported checkpoint's {part}; {source} is a workdir"
+                )
         missing = [name for name in SEEDED_FROM_WORKDIR if not (source / name).is_file()]
         if missing and not seeded:
             raise FileNotFoundError(f"{source} has not made {', '.join(missing)} yet")
@@ -107,7 +112,8 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def _seed_from_checkpoint(work: Path, cfg: PipelineConfig) -> None:
-    """Write the checkpoint's VAE (as a finished VAE stage) and probe into a fresh `work`; with
+    """Write the checkpoint's VAE (as a finished VAE stage, or with `vae_continue` one to go on
+    with) and probe into a fresh `work`; with
     `init_dit`, also its DiT and audio encoder as a finished stage 1, so that stage 2 goes on
     training them (training that outlasts one machine, carried by the exported checkpoint)."""
     checkpoint = Path(cfg.init_from)
@@ -118,9 +124,12 @@ def _seed_from_checkpoint(work: Path, cfg: PipelineConfig) -> None:
     bundle = load_checkpoint(checkpoint)
     if bundle.probe is None:
         raise ValueError(f"{checkpoint} holds no probe to start from")
-    # the exported weights are bf16; stored back in fp32 as a trained stage would hold them
+    # the exported weights are bf16; stored back in fp32 as a trained stage would hold them.
+    # A VAE to go on training is a stage that has not run yet (its schedule starts over from
+    # these weights); one to keep is a stage that has run out of time
     if not vae_path.is_file():
-        StageState({"vae": bundle.vae.float()}, step=1, seconds=cfg.vae_seconds).save(vae_path)
+        spent = 0.0 if cfg.vae_continue else cfg.vae_seconds
+        StageState({"vae": bundle.vae.float()}, step=1, seconds=spent).save(vae_path)
         torch.save(bundle.probe.float().state_dict(), probe_path)
     if cfg.init_dit and not dit_path.is_file():
         dit, audio = bundle.model.float(), bundle.audio.float()

@@ -190,6 +190,8 @@ def test_init_from_names_what_it_cannot_start_from(main_run, tmp_path):
     )
     with pytest.raises(ValueError, match="init_dit takes an exported checkpoint's DiT"):
         run_pipeline(cfg)
+    with pytest.raises(ValueError, match="vae_continue takes an exported checkpoint's VAE"):
+        run_pipeline(replace(cfg, init_dit=False, vae_continue=True))
 
 
 def test_a_continuation_goes_on_training_the_checkpoints_dit_and_decoder(main_run, tmp_path):
@@ -226,6 +228,38 @@ def test_a_continuation_goes_on_training_the_checkpoints_dit_and_decoder(main_ru
     for name, value in shipped.vae.state_dict().items():
         same = torch.equal(went_on.vae.state_dict()[name], value)
         assert same or (tuned["kept"] and name.startswith("decoder.")), name
+
+
+def test_a_continuation_can_go_on_training_the_checkpoints_vae(main_run, tmp_path):
+    data, ckpt, _ = main_run
+    shipped = load_checkpoint(ckpt)
+    more = PipelineConfig(
+        data=str(data),
+        workdir=str(tmp_path / "vae"),
+        checkpoint=str(tmp_path / "vae_ckpt"),
+        init_from=str(ckpt),
+        init_dit=True,
+        vae_continue=True,
+        **{**TINY_BUDGETS, "dmd_seconds": 0.0},
+    )
+    result = run_pipeline(more)
+    # the checkpoint's VAE, encoder and all, went on training: a new latent space
+    assert result["vae"]["steps"] > 1 and result["vae"]["loss"] is not None
+    went_on = load_checkpoint(tmp_path / "vae_ckpt")
+    for part in ("encoder", "decoder"):
+        before = getattr(shipped.vae, part).state_dict()
+        after = getattr(went_on.vae, part).state_dict()
+        assert any(not torch.equal(after[k], v) for k, v in before.items()), part
+    trained = torch.load(tmp_path / "vae" / "vae" / "state.pt", weights_only=False)["modules"]
+    for name, value in went_on.vae.state_dict().items():  # the export, in bf16
+        bf16 = trained["vae"][name].to(torch.bfloat16)
+        assert torch.equal(bf16, value.to(torch.bfloat16)), name
+    assert result["stage2"]["steps"] > 0
+    # the instrument is the checkpoint's probe, so the two are read alike
+    for name, value in shipped.probe.state_dict().items():
+        assert torch.equal(went_on.probe.state_dict()[name], value), name
+    with pytest.raises(ValueError, match="vae_continue needs init_from"):
+        run_pipeline(replace(more, workdir=str(tmp_path / "none"), init_from="", init_dit=False))
 
 
 def test_a_checkpoint_takes_the_decoder_of_another_in_its_latent_space(main_run, tmp_path):
