@@ -18,13 +18,17 @@ whose latent readouts are low as well is lost in the encoder.
 
     python -m flowact.renderer.training.latent_readout --checkpoint checkpoints/demo \
         --out docs/training/reports/latent_readout.json
+
+`--vae WORKDIR` reads the VAE a run's workdir holds (`vae/state.pt`, e.g. one that
+`--vae-continue` went on training) in place of the checkpoint's, with the checkpoint's probe:
+what a new latent space carries, before any DiT is trained on it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -246,19 +250,35 @@ def plot_readout(result: dict, out: Path) -> Path:
     return out
 
 
+def workdir_vae(workdir: Path, like: CausalVideoVAE) -> CausalVideoVAE:
+    """The VAE of a run's `workdir` (its VAE stage's state), in the shape of `like` and on its
+    device; raises `FileNotFoundError` if the workdir has no VAE stage."""
+    path = Path(workdir) / "vae" / "state.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{workdir} holds no VAE stage ({path} is missing)")
+    device = next(like.parameters()).device
+    vae = CausalVideoVAE(like.config)
+    vae.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["modules"]["vae"])
+    return vae.to(device).eval().requires_grad_(False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/demo"))
     parser.add_argument("--out", type=Path, default=Path("out/latent_readout.json"))
     parser.add_argument("--device", default=None)
+    parser.add_argument("--vae", type=Path, default=None, help="a run's workdir whose VAE to read")
     defaults = asdict(ReadoutConfig())
     for name, value in defaults.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args()
     cfg = ReadoutConfig(**{k: getattr(args, k) for k in defaults})
     bundle = load_checkpoint(args.checkpoint, pick_device(args.device))
+    if args.vae is not None:
+        bundle = replace(bundle, vae=workdir_vae(args.vae, bundle.vae))
     result = run_readout(bundle, cfg)
     result["checkpoint"] = str(args.checkpoint)
+    result["vae"] = str(args.vae or args.checkpoint)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     png = plot_readout(result, args.out.with_suffix(".png"))

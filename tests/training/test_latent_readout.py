@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from flowact.renderer.training import behaviors as bh
@@ -78,3 +79,21 @@ def test_the_readout_of_the_shipped_checkpoint_lines_poses_up(tmp_path):
     raw = corr["probe_raw"]
     assert np.median(list(raw.values())) > 0.8, raw
     assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_a_workdirs_vae_is_read_in_place_of_the_checkpoints(tmp_path):
+    from flowact.renderer.training.common import StageState
+    from flowact.renderer.training.export import load_checkpoint
+
+    shipped = load_checkpoint(DEMO).vae
+    with pytest.raises(FileNotFoundError, match="holds no VAE stage"):
+        lr.workdir_vae(tmp_path, shipped)
+    trained = type(shipped)(shipped.config)
+    trained.load_state_dict(shipped.state_dict())
+    with torch.no_grad():
+        next(trained.encoder.parameters()).add_(0.25)  # a VAE that went on training
+    StageState({"vae": trained}, step=7, seconds=1.0).save(tmp_path / "vae" / "state.pt")
+    read = lr.workdir_vae(tmp_path, shipped)
+    for name, value in trained.state_dict().items():
+        assert torch.equal(read.state_dict()[name], value), name
+    assert not torch.equal(next(read.encoder.parameters()), next(shipped.encoder.parameters()))
