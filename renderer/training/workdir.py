@@ -112,10 +112,10 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def _seed_from_checkpoint(work: Path, cfg: PipelineConfig) -> None:
-    """Write the checkpoint's VAE (as a finished VAE stage, or with `vae_continue` one to go on
-    with) and probe into a fresh `work`; with
-    `init_dit`, also its DiT and audio encoder as a finished stage 1, so that stage 2 goes on
-    training them (training that outlasts one machine, carried by the exported checkpoint)."""
+    """Write the checkpoint's VAE (as a finished VAE stage, or with `vae_continue` as one to go
+    on with) and probe into a fresh `work`; with `init_dit`, also its DiT and audio encoder as a
+    finished stage 1, so that stage 2 goes on training them (training that outlasts one
+    machine, carried by the exported checkpoint)."""
     checkpoint = Path(cfg.init_from)
     vae_path, probe_path = work / "vae" / "state.pt", work / "probe.pt"
     dit_path = work / "stage1" / "state.pt"
