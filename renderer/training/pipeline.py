@@ -56,7 +56,12 @@ from flowact.renderer.training.probe import (
     training_batch,
 )
 from flowact.renderer.training.train import DiffusionConfig, train_diffusion
-from flowact.renderer.training.vae_train import VAETrainConfig, finetune_decoder, train_vae
+from flowact.renderer.training.vae_train import (
+    VAETrainConfig,
+    finetune_decoder,
+    heldout_report,
+    train_vae,
+)
 from flowact.renderer.training.workdir import check_config, open_summary, seed_workdir, take_data
 
 log = structlog.get_logger(__name__)
@@ -162,11 +167,19 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     vae_cfg = _vae_config(cfg, size)
     vae, vae_state = train_vae(vae_cfg, work, device, bank, piece_seconds=left())
     vae.requires_grad_(False)
+    heldout = summary.get("vae", {}).get("heldout")
     summary["vae"] = {
         "steps": vae_state.step,
         "seconds": vae_state.seconds,
         "loss": float(np.mean(vae_state.losses[-50:])) if vae_state.losses else None,
     }
+    if cfg.vae_continue and vae_state.seconds >= cfg.vae_seconds - 1:
+        # the new latent space against the checkpoint's, on the same unseen clips
+        if heldout is None:
+            base = load_checkpoint(cfg.init_from, device).vae.float()
+            heldout = asdict(heldout_report(base, vae, vae_cfg, bank, device))
+            log.info("vae_continued_heldout", **heldout)
+        summary["vae"]["heldout"] = heldout
     if cfg.vae_decoder_seconds > 0:
         # sharper frames from the same latent space: a DiT from init_from keeps its latents
         vae = _finetune_decoder(cfg, vae_cfg, vae, work, device, bank, left(), summary)

@@ -152,8 +152,8 @@ def _step_fn(cfg, vae, opt, state, clip_cfg, rng, bank, device) -> Callable[[int
 
 @dataclass(frozen=True)
 class DecoderReport:
-    """Held-out reconstruction PSNR (dB) of the decoder `finetune_decoder` started from (base)
-    and of the one it trained (tuned): over whole frames and over the face region."""
+    """Held-out reconstruction PSNR (dB) of the VAE a stage started from (base) and of the one
+    it trained (tuned): over whole frames and over the face region (`heldout_report`)."""
 
     base: float
     base_face: float
@@ -204,18 +204,31 @@ def finetune_decoder(
     tuned.eval().requires_grad_(False)
     if state.step < cfg.steps and state.seconds < cfg.seconds - 1:
         return vae, state, None
-    clips = world.ClipConfig(chunks=training_chunks(cfg), size=cfg.size, split="eval")
-    frames = world.make_clips(heldout_clips, clips, np.random.default_rng(12345), bank, device)
-    face = world.face_region(*cfg.size)
-    report = DecoderReport(
-        base=reconstruction_psnr(vae, frames.frames),
-        base_face=reconstruction_psnr(vae, frames.frames, face),
-        tuned=reconstruction_psnr(tuned, frames.frames),
-        tuned_face=reconstruction_psnr(tuned, frames.frames, face),
-        clips=heldout_clips,
-    )
+    report = heldout_report(vae, tuned, cfg, bank, device, heldout_clips)
     log.info("vae_decoder_heldout", **asdict(report), kept=report.improved)
     return (tuned if report.improved else vae), state, report
+
+
+def heldout_report(
+    base: vae_mod.CausalVideoVAE,
+    tuned: vae_mod.CausalVideoVAE,
+    cfg: VAETrainConfig,
+    bank: list[np.ndarray] | None,
+    device: torch.device,
+    clips: int = 4,
+) -> DecoderReport:
+    """How `base` and `tuned` reconstruct the same `clips` clips of unseen identities, of the
+    training clips' length (a fixed seed, so reports of different runs see the same clips)."""
+    clip_cfg = world.ClipConfig(chunks=training_chunks(cfg), size=cfg.size, split="eval")
+    frames = world.make_clips(clips, clip_cfg, np.random.default_rng(12345), bank, device).frames
+    face = world.face_region(*cfg.size)
+    return DecoderReport(
+        base=reconstruction_psnr(base, frames),
+        base_face=reconstruction_psnr(base, frames, face),
+        tuned=reconstruction_psnr(tuned, frames),
+        tuned_face=reconstruction_psnr(tuned, frames, face),
+        clips=clips,
+    )
 
 
 @torch.no_grad()

@@ -209,6 +209,7 @@ def test_a_continuation_goes_on_training_the_checkpoints_dit_and_decoder(main_ru
     result = run_pipeline(more)
     # stage 1 is the checkpoint's DiT and audio encoder, not a training of its own
     assert result["stage1"]["steps"] == 1 and result["stage1"]["loss_first50"] is None
+    assert result["vae"]["steps"] == 1 and "heldout" not in result["vae"]  # the VAE as it was
     seeded = torch.load(tmp_path / "more" / "stage1" / "state.pt", weights_only=False)["modules"]
     for name, value in shipped.model.state_dict().items():
         assert torch.equal(seeded["model"][name], value.float()), name
@@ -245,6 +246,9 @@ def test_a_continuation_can_go_on_training_the_checkpoints_vae(main_run, tmp_pat
     result = run_pipeline(more)
     # the checkpoint's VAE, encoder and all, went on training: a new latent space
     assert result["vae"]["steps"] > 1 and result["vae"]["loss"] is not None
+    # ... measured against the checkpoint's on the same unseen clips
+    heldout = result["vae"]["heldout"]
+    assert heldout["clips"] == 4 and heldout["tuned_face"] != heldout["base_face"]
     went_on = load_checkpoint(tmp_path / "vae_ckpt")
     for part in ("encoder", "decoder"):
         before = getattr(shipped.vae, part).state_dict()
