@@ -275,7 +275,10 @@ def main() -> None:
     cfg = ReadoutConfig(**{k: getattr(args, k) for k in defaults})
     bundle = load_checkpoint(args.checkpoint, pick_device(args.device))
     if args.vae is not None:
-        bundle = replace(bundle, vae=workdir_vae(args.vae, bundle.vae))
+        try:
+            bundle = replace(bundle, vae=workdir_vae(args.vae, bundle.vae))
+        except FileNotFoundError as err:
+            parser.error(str(err))  # exits 2 with the usage line
     result = run_readout(bundle, cfg)
     result["checkpoint"] = str(args.checkpoint)
     result["vae"] = str(args.vae or args.checkpoint)

@@ -97,3 +97,15 @@ def test_a_workdirs_vae_is_read_in_place_of_the_checkpoints(tmp_path):
     for name, value in trained.state_dict().items():
         assert torch.equal(read.state_dict()[name], value), name
     assert not torch.equal(next(read.encoder.parameters()), next(shipped.encoder.parameters()))
+
+
+def test_the_command_names_a_workdir_without_a_vae(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "flowact.renderer.training.latent_readout"]
+        + ["--checkpoint", str(DEMO), "--vae", str(tmp_path), "--out", str(tmp_path / "r.json")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert f"{tmp_path} holds no VAE stage" in done.stderr
+    assert not (tmp_path / "r.json").exists()
