@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import world
-from flowact.renderer.training.common import pick_device
+from flowact.renderer.training.common import StageState, pick_device
 from flowact.renderer.training.export import Bundle, load_checkpoint
 from flowact.renderer.training.probe import pearson, read_frames
 from flowact.renderer.vae import CausalVideoVAE
@@ -253,13 +253,10 @@ def plot_readout(result: dict, out: Path) -> Path:
 def workdir_vae(workdir: Path, like: CausalVideoVAE) -> CausalVideoVAE:
     """The VAE of a run's `workdir` (its VAE stage's state), in the shape of `like` and on its
     device; raises `FileNotFoundError` if the workdir has no VAE stage."""
-    path = Path(workdir) / "vae" / "state.pt"
-    if not path.is_file():
+    path, vae = Path(workdir) / "vae" / "state.pt", CausalVideoVAE(like.config)
+    if not StageState({"vae": vae}).load(path):
         raise FileNotFoundError(f"{workdir} holds no VAE stage ({path} is missing)")
-    device = next(like.parameters()).device
-    vae = CausalVideoVAE(like.config)
-    vae.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["modules"]["vae"])
-    return vae.to(device).eval().requires_grad_(False)
+    return vae.to(next(like.parameters()).device).eval().requires_grad_(False)
 
 
 def main() -> None:

@@ -194,19 +194,22 @@ def test_init_from_names_what_it_cannot_start_from(main_run, tmp_path):
         run_pipeline(replace(cfg, init_dit=False, vae_continue=True))
 
 
-def test_a_continuation_goes_on_training_the_checkpoints_dit_and_decoder(main_run, tmp_path):
+def _continuation(main_run, tmp_path, name: str, **flags) -> PipelineConfig:
+    """A run that goes on from the main run's checkpoint with its DiT, into `tmp_path/name`."""
     data, ckpt, _ = main_run
-    shipped = load_checkpoint(ckpt)
-    more = PipelineConfig(
+    return PipelineConfig(
         data=str(data),
-        workdir=str(tmp_path / "more"),
-        checkpoint=str(tmp_path / "more_ckpt"),
+        workdir=str(tmp_path / name),
+        checkpoint=str(tmp_path / f"{name}_ckpt"),
         init_from=str(ckpt),
         init_dit=True,
-        vae_decoder_seconds=1.0,
-        **{**TINY_BUDGETS, "dmd_seconds": 0.0},
+        **{**TINY_BUDGETS, "dmd_seconds": 0.0, **flags},
     )
-    result = run_pipeline(more)
+
+
+def test_a_continuation_goes_on_training_the_checkpoints_dit_and_decoder(main_run, tmp_path):
+    shipped = load_checkpoint(main_run[1])
+    result = run_pipeline(_continuation(main_run, tmp_path, "more", vae_decoder_seconds=1.0))
     # stage 1 is the checkpoint's DiT and audio encoder, not a training of its own
     assert result["stage1"]["steps"] == 1 and result["stage1"]["loss_first50"] is None
     assert result["vae"]["steps"] == 1 and "heldout" not in result["vae"]  # the VAE as it was
@@ -232,17 +235,8 @@ def test_a_continuation_goes_on_training_the_checkpoints_dit_and_decoder(main_ru
 
 
 def test_a_continuation_can_go_on_training_the_checkpoints_vae(main_run, tmp_path):
-    data, ckpt, _ = main_run
-    shipped = load_checkpoint(ckpt)
-    more = PipelineConfig(
-        data=str(data),
-        workdir=str(tmp_path / "vae"),
-        checkpoint=str(tmp_path / "vae_ckpt"),
-        init_from=str(ckpt),
-        init_dit=True,
-        vae_continue=True,
-        **{**TINY_BUDGETS, "dmd_seconds": 0.0},
-    )
+    shipped = load_checkpoint(main_run[1])
+    more = _continuation(main_run, tmp_path, "vae", vae_continue=True)
     result = run_pipeline(more)
     # the checkpoint's VAE, encoder and all, went on training: a new latent space
     assert result["vae"]["steps"] > 1 and result["vae"]["loss"] is not None
