@@ -50,13 +50,18 @@ def save_atomically(blob: object, path: Path) -> None:
 
 @dataclass
 class StageState:
-    """What a stage saves: its modules and optimizers by name, the step, the loss history."""
+    """What a stage saves: its modules and optimizers by name, the step, the loss history.
+
+    A module named in `optional` may be missing from a saved state (one the stage gained after
+    the state was written, as a seeded VAE stage gains its control head): it keeps its fresh
+    weights, and the optimizers, whose state would not fit it, start fresh too."""
 
     modules: dict[str, nn.Module]
     optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
     step: int = 0
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0  # wall-clock time spent in this stage over all pieces
+    optional: frozenset[str] = frozenset()
 
     def save(self, path: Path) -> None:
         blob = {
@@ -73,11 +78,15 @@ class StageState:
         if not path.is_file():
             return False
         blob = torch.load(path, map_location="cpu", weights_only=False)
+        fresh = [k for k in self.modules if k in self.optional and k not in blob["modules"]]
         for k, m in self.modules.items():
-            m.load_state_dict(blob["modules"][k])
+            if k not in fresh:
+                m.load_state_dict(blob["modules"][k])
         for k, o in self.optimizers.items():
-            if k in blob["optimizers"]:
+            if k in blob["optimizers"] and not fresh:
                 o.load_state_dict(blob["optimizers"][k])
+        if fresh:
+            log.info("stage_modules_fresh", path=str(path), modules=fresh)
         self.step, self.losses = blob["step"], blob["losses"]
         self.seconds = blob.get("seconds", 0.0)
         log.info("stage_resumed", path=str(path), step=self.step)

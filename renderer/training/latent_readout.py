@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm import tqdm
 
 from flowact.renderer.training import behaviors as bh
@@ -42,6 +42,7 @@ from flowact.renderer.training import world
 from flowact.renderer.training.common import StageState, pick_device
 from flowact.renderer.training.export import Bundle, load_checkpoint
 from flowact.renderer.training.probe import pearson, read_frames
+from flowact.renderer.training.vae_train import ConvReadout
 from flowact.renderer.vae import CausalVideoVAE
 
 log = structlog.get_logger(__name__)
@@ -139,27 +140,6 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, penalty: float) -> tuple[np.ndarray,
 def apply_ridge(fit: tuple[np.ndarray, ...], x: np.ndarray) -> np.ndarray:
     mean, scale, weights, intercept = fit
     return ((x - mean) / scale) @ weights + intercept
-
-
-class ConvReadout(nn.Module):
-    """Latent `[N, C, h, w]` -> controls `[N, K]`: two convolutions and a linear head."""
-
-    def __init__(self, channels: int, controls: int, width: int = 64) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(channels, width, 3, padding=1),
-            nn.GELU(),
-            nn.Conv2d(width, width, 3, stride=2, padding=1),
-            nn.GELU(),
-            nn.AdaptiveAvgPool2d(4),
-            nn.Flatten(),
-            nn.Linear(width * 16, 256),
-            nn.GELU(),
-            nn.Linear(256, controls),
-        )
-
-    def forward(self, latents: Tensor) -> Tensor:
-        return self.body(latents)
 
 
 def train_conv(

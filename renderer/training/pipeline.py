@@ -60,6 +60,7 @@ from flowact.renderer.training.vae_train import (
     VAETrainConfig,
     finetune_decoder,
     heldout_report,
+    readout_report,
     train_vae,
 )
 from flowact.renderer.training.workdir import check_config, open_summary, seed_workdir, take_data
@@ -87,6 +88,8 @@ class PipelineConfig:
     vae_chunks: int = 0  # chunks per VAE training clip; 0 = enough to outlast the VAE's reach
     vae_batch: int = 2  # clips of the VAE's reach: 133 frames each for `small`
     vae_face_gain: float = 1.0  # the VAE's reconstruction loss weight over the face region
+    # the latent control readout's weight in the VAE's loss (VAETrainConfig.control_weight)
+    vae_control_weight: float = 0.0
     vae_decoder_lr: float = 2e-4
     vae_latent_noise: float = 0.0  # the decoder stage's input-latent noise (VAETrainConfig)
     probe_batch: int = 128
@@ -180,6 +183,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             heldout = asdict(heldout_report(base, vae, vae_cfg, bank, device))
             log.info("vae_continued_heldout", **heldout)
         summary["vae"]["heldout"] = heldout
+    if "head" in vae_state.modules:
+        # what the latents carry of each control on unseen characters, read by the head
+        head = vae_state.modules["head"]
+        summary["vae"]["readout"] = readout_report(vae, head, vae_cfg, bank, device)
     if cfg.vae_decoder_seconds > 0:
         # sharper frames from the same latent space: a DiT from init_from keeps its latents
         vae = _finetune_decoder(cfg, vae_cfg, vae, work, device, bank, left(), summary)
@@ -300,6 +307,7 @@ def _vae_config(cfg: PipelineConfig, size: tuple[int, int]) -> VAETrainConfig:
         steps=100_000,
         seconds=cfg.vae_seconds,
         face_gain=cfg.vae_face_gain,
+        control_weight=cfg.vae_control_weight,
         seed=cfg.seed,
     )
 

@@ -11,6 +11,14 @@ face region (`world.face_weight`: the mouth and eyes the metrics read are a few 
 pixels), + `kl_weight` x the KL per latent element. When training ends, `set_latent_stats`
 normalises the latents to zero mean and unit variance per channel, what the DiT expects.
 
+With `control_weight`, a small head (`ConvReadout`) trained beside the VAE reads each latent's
+ground-truth controls (their mean over its 4 frames) from the posterior mean, and its error
+joins the loss (`control_loss`). A pixel loss hardly weighs a smile (a few pixels of a 128 x 128
+frame), so the encoder is free to drop it; the readout's gradient asks the encoder to keep every
+control in the latents, where the decoder can find it. The head is part of the stage's state
+only: the exported VAE is the same network either way. `StageReadout` reports how well it reads
+unseen characters when the stage ends.
+
 `finetune_decoder` trains the decoder alone with the encoder and the latent statistics frozen:
 sharper frames from the same latent space, so a DiT trained on it needs no retraining. It keeps
 the new decoder only if it reconstructs held-out clips better over the face (`DecoderReport`).
@@ -29,9 +37,10 @@ from pathlib import Path
 import numpy as np
 import structlog
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from flowact.renderer import vae as vae_mod
+from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import world
 from flowact.renderer.training.common import (
     StageState,
@@ -40,6 +49,7 @@ from flowact.renderer.training.common import (
     progress_of,
     run_steps,
 )
+from flowact.renderer.training.probe import CONTROL_STD, pearson
 from flowact.schemas.timebase import FRAMES_PER_CHUNK
 
 log = structlog.get_logger(__name__)
@@ -59,10 +69,53 @@ class VAETrainConfig:
     # clip from U(0, latent_noise) (normalised units), so that it learns to decode latents
     # near the encoder's (a DiT's) as well as the encoder's own
     latent_noise: float = 0.0
+    # the latent control readout's weight in the loss (`control_loss`); 0 = no readout
+    control_weight: float = 0.0
     seconds: float = math.inf
     save_every: int = 500
     stats_clips: int = 32
     seed: int = 0
+
+
+class ConvReadout(nn.Module):
+    """Latent `[N, C, h, w]` -> controls `[N, K]`: two convolutions and a linear head."""
+
+    def __init__(self, channels: int, controls: int, width: int = 64) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(width, width, 3, stride=2, padding=1),
+            nn.GELU(),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(width * 16, 256),
+            nn.GELU(),
+            nn.Linear(256, controls),
+        )
+
+    def forward(self, latents: Tensor) -> Tensor:
+        return self.body(latents)
+
+
+def control_head(vae: vae_mod.CausalVideoVAE) -> ConvReadout:
+    """The readout `control_loss` trains beside `vae`: its latent channels -> every control."""
+    return ConvReadout(vae.config.latent_channels, len(bh.CONTROLS))
+
+
+def latent_controls(controls: Tensor, latents: int) -> Tensor:
+    """Controls `[B, 4n, K]` of the frames after the reference -> their mean over each latent's
+    frames, `[B, n, K]` (`latents` = n)."""
+    return controls.unflatten(1, (latents, -1)).mean(2)
+
+
+def control_loss(head: ConvReadout, mean: Tensor, controls: Tensor) -> Tensor:
+    """Squared error, each control over its spread (`probe.CONTROL_STD`), of `head`'s reading of
+    every latent after the reference (`mean` `[B, 1 + n, C, h, w]`, raw posterior means) against
+    `latent_controls` of `controls` `[B, 4n, K]`."""
+    want = latent_controls(controls.float(), mean.shape[1] - 1)  # [B, n, K]
+    got = head(mean[:, 1:].flatten(0, 1).float()).view_as(want)
+    return ((got - want) / CONTROL_STD.to(got.device)).pow(2).mean()
 
 
 def vae_loss(
@@ -71,21 +124,25 @@ def vae_loss(
     kl_weight: float,
     face_gain: float = 1.0,
     latent_noise: float = 0.0,
+    readout: tuple[ConvReadout, Tensor, float] | None = None,
 ) -> torch.Tensor:
     """frames `[B, 1 + 4n, 3, H, W]` -> face-weighted L1 + MSE + kl_weight * mean KL per latent
     element (no KL term at `kl_weight` 0, where the encoder is frozen); with `latent_noise`, the
-    reconstruction is decoded from latents noised as `VAETrainConfig.latent_noise` says."""
+    reconstruction is decoded from latents noised as `VAETrainConfig.latent_noise` says; with
+    `readout` = (head, controls `[B, 4n, K]`, weight), + weight * `control_loss`."""
     noise = None
     if latent_noise > 0:
         noise = latent_noise * torch.rand(frames.shape[0], device=frames.device)
     out = vae(frames, sample=True, latent_noise=noise)
     err = out.recon.float() - frames.float()
     weight = world.face_weight(*frames.shape[-2:], face_gain).to(frames.device)
-    recon = ((err.abs() + err.pow(2)) * weight).mean()
-    if kl_weight == 0:
-        return recon
-    kl = vae_mod.kl_divergence(out.mean, out.logvar) / out.mean[0].numel()
-    return recon + kl_weight * kl
+    loss = ((err.abs() + err.pow(2)) * weight).mean()
+    if kl_weight > 0:
+        loss = loss + kl_weight * vae_mod.kl_divergence(out.mean, out.logvar) / out.mean[0].numel()
+    if readout is not None:
+        head, controls, control_weight = readout
+        loss = loss + control_weight * control_loss(head, out.mean, controls)
+    return loss
 
 
 def train_vae(
@@ -97,14 +154,20 @@ def train_vae(
     piece_seconds: float = math.inf,
 ) -> tuple[vae_mod.CausalVideoVAE, StageState]:
     """Train (resuming from `workdir/vae/state.pt`) for at most `piece_seconds` now out of the
-    stage's `cfg.seconds`; latent stats are (re)set whenever steps ran, and saved."""
+    stage's `cfg.seconds`; latent stats are (re)set whenever steps ran, and saved. With
+    `cfg.control_weight`, the state also holds the control head (`state.modules["head"]`); a
+    saved VAE without one (a seeded checkpoint's) starts it fresh."""
     if cfg.latent_noise > 0:
         # before the latent statistics exist, "normalised units" would mean nothing
         raise ValueError("latent_noise is for the decoder stage (finetune_decoder) only")
     torch.manual_seed(cfg.seed)
     vae = vae_mod.build_vae(cfg.preset).to(device)
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=1e-4)
-    state = StageState({"vae": vae}, {"opt": opt})
+    modules: dict[str, nn.Module] = {"vae": vae}
+    if cfg.control_weight > 0:
+        modules["head"] = control_head(vae).to(device)
+    params = [p for m in modules.values() for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=1e-4)
+    state = StageState(modules, {"opt": opt}, optional=frozenset({"head"}))
     path = workdir / "vae" / "state.pt" if workdir is not None else None
     if path is not None:
         state.load(path)
@@ -117,11 +180,13 @@ def train_vae(
     clip_cfg = world.ClipConfig(chunks=training_chunks(cfg), size=cfg.size)
     log.info("vae_clips", frames=clip_frames(clip_cfg.chunks), batch=cfg.batch)
 
-    step = _step_fn(cfg, vae, opt, state, clip_cfg, rng, bank, device)
-    vae.train()
+    step = _step_fn(cfg, modules, opt, state, clip_cfg, rng, bank, device)
+    for m in modules.values():
+        m.train()
     first = state.step
     run_steps(state, step, cfg.steps, path, budget, cfg.save_every, "vae", progress)
-    vae.eval()
+    for m in modules.values():
+        m.eval()
     if state.step > first or first == 0:
         set_stats(vae, cfg, rng, bank, device, clip_cfg)
         if path is not None:
@@ -129,18 +194,21 @@ def train_vae(
     return vae, state
 
 
-def _step_fn(cfg, vae, opt, state, clip_cfg, rng, bank, device) -> Callable[[int], Tensor]:
+def _step_fn(cfg, modules, opt, state, clip_cfg, rng, bank, device) -> Callable[[int], Tensor]:
     """One optimizer step on fresh clips, for `train_vae` and `finetune_decoder` alike (`opt`
-    holds what the stage trains)."""
+    holds what the stage trains; `modules` has the VAE, and the control head if there is one)."""
     params = [p for group in opt.param_groups for p in group["params"]]
+    head = modules.get("head")
 
     def step(i: int) -> Tensor:
         lr = cosine_lr(cfg.lr, i, progress_of(state, cfg.steps, cfg.seconds), 200)
         for group in opt.param_groups:
             group["lr"] = lr
         clips = world.make_clips(cfg.batch, clip_cfg, rng, bank, device)
+        readout = None if head is None else (head, clips.controls, cfg.control_weight)
+        frames, vae = clips.frames, modules["vae"]
         with autocast(device):
-            loss = vae_loss(vae, clips.frames, cfg.kl_weight, cfg.face_gain, cfg.latent_noise)
+            loss = vae_loss(vae, frames, cfg.kl_weight, cfg.face_gain, cfg.latent_noise, readout)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -148,6 +216,27 @@ def _step_fn(cfg, vae, opt, state, clip_cfg, rng, bank, device) -> Callable[[int
         return loss.detach()
 
     return step
+
+
+@torch.no_grad()
+def readout_report(
+    vae: vae_mod.CausalVideoVAE,
+    head: ConvReadout,
+    cfg: VAETrainConfig,
+    bank: list[np.ndarray] | None,
+    device: torch.device,
+    clips: int = 4,
+) -> dict[str, float]:
+    """How well the control head reads unseen characters' controls from `vae`'s latents: the
+    correlation of its reading with `latent_controls`, per control, over `clips` clips of the
+    eval split (the clips `heldout_report` sees)."""
+    clip_cfg = world.ClipConfig(chunks=training_chunks(cfg), size=cfg.size, split="eval")
+    batch = world.make_clips(clips, clip_cfg, np.random.default_rng(12345), bank, device)
+    mean, _ = vae.encode_posterior(batch.frames)
+    want = latent_controls(batch.controls.float(), mean.shape[1] - 1).flatten(0, 1)
+    got = head(mean[:, 1:].flatten(0, 1).float())
+    got, want = got.cpu().numpy(), want.cpu().numpy()
+    return {name: pearson(got[:, k], want[:, k]) for k, name in enumerate(bh.CONTROLS)}
 
 
 @dataclass(frozen=True)
@@ -198,7 +287,8 @@ def finetune_decoder(
     if budget > 0 and state.step < cfg.steps:
         rng = np.random.default_rng(cfg.seed + state.step)
         clip_cfg = world.ClipConfig(chunks=training_chunks(cfg), size=cfg.size)
-        step = _step_fn(replace(cfg, kl_weight=0.0), tuned, opt, state, clip_cfg, rng, bank, device)
+        dec_cfg = replace(cfg, kl_weight=0.0, control_weight=0.0)
+        step = _step_fn(dec_cfg, {"vae": tuned}, opt, state, clip_cfg, rng, bank, device)
         tuned.decoder.train()
         run_steps(state, step, cfg.steps, path, budget, cfg.save_every, "vae decoder", progress)
     tuned.eval().requires_grad_(False)

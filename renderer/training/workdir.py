@@ -47,6 +47,13 @@ def check_config(cfg: PipelineConfig) -> None:
         raise ValueError("init_dit needs init_from: the checkpoint whose DiT to start from")
     if cfg.vae_continue and not cfg.init_from:
         raise ValueError("vae_continue needs init_from: the checkpoint whose VAE to go on training")
+    if cfg.vae_control_weight < 0:
+        raise ValueError(f"vae_control_weight must be >= 0, not {cfg.vae_control_weight}")
+    if cfg.vae_control_weight > 0 and cfg.init_from and not cfg.vae_continue:
+        raise ValueError(
+            "vae_control_weight trains the VAE; with init_from the VAE is kept as it is "
+            "unless vae_continue goes on training it"
+        )
     if not cfg.init_from:
         return
     source, seeded = Path(cfg.init_from), (Path(cfg.workdir) / "vae" / "state.pt").is_file()

@@ -236,13 +236,17 @@ def test_a_continuation_goes_on_training_the_checkpoints_dit_and_decoder(main_ru
 
 def test_a_continuation_can_go_on_training_the_checkpoints_vae(main_run, tmp_path):
     shipped = load_checkpoint(main_run[1])
-    more = _continuation(main_run, tmp_path, "vae", vae_continue=True)
+    more = _continuation(main_run, tmp_path, "vae", vae_continue=True, vae_control_weight=0.5)
     result = run_pipeline(more)
     # the checkpoint's VAE, encoder and all, went on training: a new latent space
     assert result["vae"]["steps"] > 1 and result["vae"]["loss"] is not None
     # ... measured against the checkpoint's on the same unseen clips
     heldout = result["vae"]["heldout"]
     assert heldout["clips"] == 4 and heldout["tuned_face"] != heldout["base_face"]
+    # the control head, new beside the checkpoint's VAE, read each control of unseen characters
+    readout = result["vae"]["readout"]
+    assert set(readout) == set(bh.CONTROLS)
+    assert all(-1.0 <= r <= 1.0 for r in readout.values()) and any(readout.values())
     went_on = load_checkpoint(tmp_path / "vae_ckpt")
     for part in ("encoder", "decoder"):
         before = getattr(shipped.vae, part).state_dict()
@@ -258,6 +262,10 @@ def test_a_continuation_can_go_on_training_the_checkpoints_vae(main_run, tmp_pat
         assert torch.equal(went_on.probe.state_dict()[name], value), name
     with pytest.raises(ValueError, match="vae_continue needs init_from"):
         run_pipeline(replace(more, workdir=str(tmp_path / "none"), init_from="", init_dit=False))
+    kept = replace(more, workdir=str(tmp_path / "kept"), vae_continue=False)
+    with pytest.raises(ValueError, match="vae_control_weight trains the VAE"):
+        run_pipeline(kept)
+    assert not (tmp_path / "kept" / "vae").exists()  # refused before the workdir was seeded
 
 
 def test_a_checkpoint_takes_the_decoder_of_another_in_its_latent_space(main_run, tmp_path):

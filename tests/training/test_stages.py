@@ -18,7 +18,10 @@ from flowact.renderer.training.train import DiffusionConfig, diffusion_loss, tra
 from flowact.renderer.training.vae_train import (
     VAETrainConfig,
     clip_frames,
+    control_head,
+    control_loss,
     finetune_decoder,
+    latent_controls,
     reconstruction_psnr,
     train_vae,
     training_chunks,
@@ -69,6 +72,54 @@ def test_a_finished_vae_stage_loads_without_measuring_again(tmp_path, monkeypatc
     assert state.step == 2 and not again.training
     for name, value in vae.state_dict().items():
         assert torch.equal(again.state_dict()[name], value), name
+
+
+def test_latent_controls_average_each_latents_four_frames():
+    controls = torch.arange(2 * 8 * 3, dtype=torch.float32).view(2, 8, 3)
+    per_latent = latent_controls(controls, 2)
+    assert per_latent.shape == (2, 2, 3)
+    assert torch.equal(per_latent[1, 0], controls[1, :4].mean(0))
+    assert torch.equal(per_latent[0, 1], controls[0, 4:].mean(0))
+
+
+def test_the_control_readout_trains_the_encoder_and_not_the_decoder(tiny_vae):
+    vae = copy.deepcopy(tiny_vae).train()
+    head = control_head(vae)
+    clips = world.make_clips(2, world.ClipConfig(chunks=1, size=(32, 32)), np.random.default_rng(0))
+    mean, _ = vae.encode_posterior(clips.frames)
+    control_loss(head, mean, clips.controls).backward()
+    assert all(p.grad is None for p in vae.decoder.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in vae.encoder.parameters())
+    # and, with the reconstruction, the joint loss falls on a fixed batch
+    vae.zero_grad()
+    torch.manual_seed(0)
+    readout = (head, clips.controls, 1.0)
+    params = [*vae.parameters(), *head.parameters()]
+    joint = _fit(params, lambda: vae_loss(vae, clips.frames, 1e-4, readout=readout), 12, 3e-3)
+    assert joint[-1] < 0.7 * joint[0]
+    alone = control_loss(head, vae.encode_posterior(clips.frames)[0], clips.controls)
+    assert alone.item() < joint[-1]  # the readout's part is not the whole of it
+
+
+def test_a_vae_stage_with_a_control_head_starts_it_fresh_on_a_headless_state(tmp_path):
+    cfg = VAETrainConfig(preset="tiny", size=(32, 32), chunks=1, steps=2, batch=1, stats_clips=1)
+    vae, _ = train_vae(cfg, tmp_path, torch.device("cpu"), progress=False)
+    headless = copy.deepcopy(vae.state_dict())
+    go_on = replace(cfg, steps=4, control_weight=1.0)
+    with_head, state = train_vae(go_on, tmp_path, torch.device("cpu"), progress=False)
+    assert state.step == 4 and "head" in state.modules
+    assert any(not torch.equal(with_head.state_dict()[k], v) for k, v in headless.items())
+    saved = torch.load(tmp_path / "vae" / "state.pt", weights_only=False)
+    assert set(saved["modules"]) == {"vae", "head"}
+    # a stage without the head in `optional` refuses the state that lacks it
+    with pytest.raises(KeyError, match="head"):
+        StageState({"vae": vae, "head": control_head(vae)}).load(_headless(tmp_path, headless))
+
+
+def _headless(tmp_path, vae_state: dict):
+    path = tmp_path / "headless.pt"
+    torch.save({"modules": {"vae": vae_state}, "optimizers": {}, "step": 1, "losses": []}, path)
+    return path
 
 
 def test_the_face_weight_is_one_region_on_frames_and_latents(tiny_config):
