@@ -16,7 +16,7 @@ ground-truth controls (their mean over its 4 frames) from the posterior mean, an
 joins the loss (`control_loss`). A pixel loss hardly weighs a smile (a few pixels of a 128 x 128
 frame), so the encoder is free to drop it; the readout's gradient asks the encoder to keep every
 control in the latents, where the decoder can find it. The head is part of the stage's state
-only: the exported VAE is the same network either way. `StageReadout` reports how well it reads
+only: the exported VAE is the same network either way. `readout_report` says how well it reads
 unseen characters when the stage ends.
 
 `finetune_decoder` trains the decoder alone with the encoder and the latent statistics frozen:
@@ -228,10 +228,8 @@ def readout_report(
     clips: int = 4,
 ) -> dict[str, float]:
     """How well the control head reads unseen characters' controls from `vae`'s latents: the
-    correlation of its reading with `latent_controls`, per control, over `clips` clips of the
-    eval split (the clips `heldout_report` sees)."""
-    clip_cfg = world.ClipConfig(chunks=training_chunks(cfg), size=cfg.size, split="eval")
-    batch = world.make_clips(clips, clip_cfg, np.random.default_rng(12345), bank, device)
+    correlation of its reading with `latent_controls`, per control, over the `heldout_clips`."""
+    batch = heldout_clips(cfg, bank, device, clips)
     mean, _ = vae.encode_posterior(batch.frames)
     want = latent_controls(batch.controls.float(), mean.shape[1] - 1).flatten(0, 1)
     got = head(mean[:, 1:].flatten(0, 1).float())
@@ -307,10 +305,9 @@ def heldout_report(
     device: torch.device,
     clips: int = 4,
 ) -> DecoderReport:
-    """How `base` and `tuned` reconstruct the same `clips` clips of unseen identities, of the
-    training clips' length (a fixed seed, so reports of different runs see the same clips)."""
-    clip_cfg = world.ClipConfig(chunks=training_chunks(cfg), size=cfg.size, split="eval")
-    frames = world.make_clips(clips, clip_cfg, np.random.default_rng(12345), bank, device).frames
+    """How `base` and `tuned` reconstruct the same `clips` clips of unseen identities
+    (`heldout_clips`)."""
+    frames = heldout_clips(cfg, bank, device, clips).frames
     face = world.face_region(*cfg.size)
     return DecoderReport(
         base=reconstruction_psnr(base, frames),
@@ -319,6 +316,15 @@ def heldout_report(
         tuned_face=reconstruction_psnr(tuned, frames, face),
         clips=clips,
     )
+
+
+def heldout_clips(
+    cfg: VAETrainConfig, bank: list[np.ndarray] | None, device: torch.device, clips: int
+) -> world.Clip:
+    """`clips` clips of unseen identities, of the training clips' length, from a fixed seed: the
+    held-out reports of different runs and stages see the same clips."""
+    clip_cfg = world.ClipConfig(chunks=training_chunks(cfg), size=cfg.size, split="eval")
+    return world.make_clips(clips, clip_cfg, np.random.default_rng(12345), bank, device)
 
 
 @torch.no_grad()
