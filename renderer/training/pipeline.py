@@ -63,7 +63,13 @@ from flowact.renderer.training.vae_train import (
     readout_report,
     train_vae,
 )
-from flowact.renderer.training.workdir import check_config, open_summary, seed_workdir, take_data
+from flowact.renderer.training.workdir import (
+    DATA_FILES,
+    check_config,
+    open_summary,
+    seed_workdir,
+    take_data,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -346,8 +352,9 @@ def refit_checkpoint(cfg: PipelineConfig) -> dict:
         raise ValueError(f"{cfg.init_from} holds no probe to go on training")
     vae = bundle.vae.float().requires_grad_(False)
     size = (bundle.config.height, bundle.config.width)
-    bank = speech.load_bank(data_dir / "speech_train.npz")
     if cfg.vae_decoder_seconds > 0:
+        # the decoder trains on speaking clips; the probe, on still renders, needs no speech
+        bank = speech.load_bank(data_dir / "speech_train.npz")
         vae_cfg = _vae_config(cfg, size)
         vae = _finetune_decoder(cfg, vae_cfg, vae, work, device, bank, cfg.deadline, summary)
         done = summary["vae_decoder"]["heldout"] is not None
@@ -512,8 +519,12 @@ def main() -> None:
         return
     config = PipelineConfig(**{k: getattr(args, k) for k in asdict(PipelineConfig())})
     command = run if args.cmd == "run" else refit
+    needs = DATA_FILES
+    if args.cmd == "refit":
+        # the decoder trains on speaking clips; a probe alone trains on still renders
+        needs = ("speech_train.npz",) if config.vae_decoder_seconds > 0 else ()
     try:
-        check_config(config)
+        check_config(config, needs)
         if args.cmd == "refit" and not config.init_from:
             raise ValueError("refit needs --init-from: the checkpoint whose decoder and probe")
     except (FileNotFoundError, ValueError) as err:

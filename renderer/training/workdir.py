@@ -30,11 +30,12 @@ DATA_FILES = ("speech_train.npz", "speech_eval.npz", "text_table.pt")
 SEEDED_FROM_WORKDIR = ("vae/state.pt", "probe.pt", "latents.pt")
 
 
-def check_config(cfg: PipelineConfig) -> None:
-    """What a run needs before it starts: the prepared data, and a source it can start from.
-    Raises `FileNotFoundError` or `ValueError` naming what is wrong (before any training)."""
+def check_config(cfg: PipelineConfig, data_files: tuple[str, ...] = DATA_FILES) -> None:
+    """What a run needs before it starts: the prepared data (`data_files` of it), and a source
+    it can start from. Raises `FileNotFoundError` or `ValueError` naming what is wrong (before
+    any training)."""
     data_dir = Path(cfg.data)
-    missing = [name for name in DATA_FILES if not (data_dir / name).is_file()]
+    missing = [name for name in data_files if not (data_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(
             f"{data_dir} lacks {', '.join(missing)}: make it with `python -m "

@@ -4,6 +4,7 @@ that shares its VAE and probe, and a continuation that goes on training its DiT.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +18,7 @@ from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import speech
 from flowact.renderer.training.export import combine_checkpoints, export_checkpoint, load_checkpoint
 from flowact.renderer.training.pipeline import PipelineConfig, refit_checkpoint, run_pipeline
+from flowact.renderer.training.pipeline import main as pipeline_main
 
 TINY_BUDGETS = dict(
     preset="tiny",
@@ -340,8 +342,11 @@ def test_a_refit_trains_the_decoder_and_probe_and_keeps_the_rest(main_run, tmp_p
         for a, b in zip(refit.probe.parameters(), base.probe.parameters(), strict=True)
     )
     # a probe that goes on from the checkpoint's: its architecture, its score before and after
+    # with the decoder kept, a refit trains the probe on still renders: no speech bank read
+    (tmp_path / "no_speech").mkdir()
     again = replace(
         cfg,
+        data=str(tmp_path / "no_speech"),
         workdir=str(tmp_path / "again"),
         checkpoint=str(tmp_path / "again_ckpt"),
         vae_decoder_seconds=0.0,
@@ -366,6 +371,28 @@ def test_a_refit_trains_the_decoder_and_probe_and_keeps_the_rest(main_run, tmp_p
     assert not (tmp_path / "bare_w" / "vae_decoder").exists()
     with pytest.raises(FileNotFoundError, match="not an exported checkpoint"):
         refit_checkpoint(PipelineConfig(data=str(data), init_from=str(tmp_path / "refit")))
+
+
+def test_the_refit_command_asks_for_speech_only_when_it_trains_the_decoder(
+    main_run, tmp_path, monkeypatch, capsys
+):
+    _, ckpt, _ = main_run
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    flags = ["--preset", "tiny", "--device", "cpu", "--data", str(empty), "--init-from", str(ckpt)]
+    flags += ["--probe-seconds", "1", "--probe-batch", "8", "--probe-continue"]
+    out = tmp_path / "probe_only"
+    argv = ["pipeline", "refit", *flags, "--workdir", str(tmp_path / "w"), "--checkpoint", str(out)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--vae-decoder-seconds", "0"])
+    pipeline_main()
+    printed = capsys.readouterr().out  # the log lines, then the summary as indented JSON
+    assert json.loads(printed[printed.index("\n{\n") :])["probe"]["steps"] > 0
+    assert (out / "index.json").is_file()
+    monkeypatch.setattr(sys, "argv", [*argv, "--vae-decoder-seconds", "1"])
+    with pytest.raises(SystemExit) as exit_:
+        pipeline_main()
+    assert exit_.value.code == 2
+    assert "lacks speech_train.npz" in capsys.readouterr().err
 
 
 def test_a_run_names_missing_data_before_it_trains(tmp_path):
