@@ -176,23 +176,29 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     vae_cfg = _vae_config(cfg, size)
     vae, vae_state = train_vae(vae_cfg, work, device, bank, piece_seconds=left())
     vae.requires_grad_(False)
+    # the reports of a finished VAE stage, made once and kept by the summary over later pieces
     heldout = summary.get("vae", {}).get("heldout")
+    readout = summary.get("vae", {}).get("readout")
+    vae_done = vae_state.seconds >= cfg.vae_seconds - 1
     summary["vae"] = {
         "steps": vae_state.step,
         "seconds": vae_state.seconds,
         "loss": float(np.mean(vae_state.losses[-50:])) if vae_state.losses else None,
     }
-    if cfg.vae_continue and vae_state.seconds >= cfg.vae_seconds - 1:
+    if cfg.vae_continue and vae_done:
         # the new latent space against the checkpoint's, on the same unseen clips
         if heldout is None:
             base = load_checkpoint(cfg.init_from, device).vae.float()
             heldout = asdict(heldout_report(base, vae, vae_cfg, bank, device))
             log.info("vae_continued_heldout", **heldout)
         summary["vae"]["heldout"] = heldout
-    if "head" in vae_state.modules:
+    if "head" in vae_state.modules and vae_done:
         # what the latents carry of each control on unseen characters, read by the head
-        head = vae_state.modules["head"]
-        summary["vae"]["readout"] = readout_report(vae, head, vae_cfg, bank, device)
+        if readout is None:
+            head = vae_state.modules["head"]
+            readout = readout_report(vae, head, vae_cfg, bank, device)
+            log.info("vae_control_readout", **readout)
+        summary["vae"]["readout"] = readout
     if cfg.vae_decoder_seconds > 0:
         # sharper frames from the same latent space: a DiT from init_from keeps its latents
         vae = _finetune_decoder(cfg, vae_cfg, vae, work, device, bank, left(), summary)
