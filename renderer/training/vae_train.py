@@ -33,6 +33,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import structlog
@@ -109,12 +110,25 @@ def latent_controls(controls: Tensor, latents: int) -> Tensor:
     return controls.unflatten(1, (latents, -1)).mean(2)
 
 
+class ControlReadout(NamedTuple):
+    """What `vae_loss` adds the control readout with: the head, the clips' controls `[B, 4n, K]`
+    and the term's weight."""
+
+    head: ConvReadout
+    controls: Tensor
+    weight: float
+
+
+def head_reading(head: ConvReadout, mean: Tensor, controls: Tensor) -> tuple[Tensor, Tensor]:
+    """`head`'s reading of every latent after the reference (`mean` `[B, 1 + n, C, h, w]`, raw
+    posterior means) and `latent_controls` of `controls` `[B, 4n, K]`: both `[B * n, K]`."""
+    want = latent_controls(controls.float(), mean.shape[1] - 1).flatten(0, 1)
+    return head(mean[:, 1:].flatten(0, 1).float()), want
+
+
 def control_loss(head: ConvReadout, mean: Tensor, controls: Tensor) -> Tensor:
-    """Squared error, each control over its spread (`probe.CONTROL_STD`), of `head`'s reading of
-    every latent after the reference (`mean` `[B, 1 + n, C, h, w]`, raw posterior means) against
-    `latent_controls` of `controls` `[B, 4n, K]`."""
-    want = latent_controls(controls.float(), mean.shape[1] - 1)  # [B, n, K]
-    got = head(mean[:, 1:].flatten(0, 1).float()).view_as(want)
+    """Squared error of `head_reading`, each control over its spread (`probe.CONTROL_STD`)."""
+    got, want = head_reading(head, mean, controls)
     return ((got - want) / CONTROL_STD.to(got.device)).pow(2).mean()
 
 
@@ -124,12 +138,12 @@ def vae_loss(
     kl_weight: float,
     face_gain: float = 1.0,
     latent_noise: float = 0.0,
-    readout: tuple[ConvReadout, Tensor, float] | None = None,
+    readout: ControlReadout | None = None,
 ) -> torch.Tensor:
     """frames `[B, 1 + 4n, 3, H, W]` -> face-weighted L1 + MSE + kl_weight * mean KL per latent
     element (no KL term at `kl_weight` 0, where the encoder is frozen); with `latent_noise`, the
     reconstruction is decoded from latents noised as `VAETrainConfig.latent_noise` says; with
-    `readout` = (head, controls `[B, 4n, K]`, weight), + weight * `control_loss`."""
+    `readout`, + its weight * `control_loss`."""
     noise = None
     if latent_noise > 0:
         noise = latent_noise * torch.rand(frames.shape[0], device=frames.device)
@@ -140,8 +154,7 @@ def vae_loss(
     if kl_weight > 0:
         loss = loss + kl_weight * vae_mod.kl_divergence(out.mean, out.logvar) / out.mean[0].numel()
     if readout is not None:
-        head, controls, control_weight = readout
-        loss = loss + control_weight * control_loss(head, out.mean, controls)
+        loss = loss + readout.weight * control_loss(readout.head, out.mean, readout.controls)
     return loss
 
 
@@ -205,7 +218,7 @@ def _step_fn(cfg, modules, opt, state, clip_cfg, rng, bank, device) -> Callable[
         for group in opt.param_groups:
             group["lr"] = lr
         clips = world.make_clips(cfg.batch, clip_cfg, rng, bank, device)
-        readout = None if head is None else (head, clips.controls, cfg.control_weight)
+        readout = None if head is None else ControlReadout(head, clips.controls, cfg.control_weight)
         frames, vae = clips.frames, modules["vae"]
         with autocast(device):
             loss = vae_loss(vae, frames, cfg.kl_weight, cfg.face_gain, cfg.latent_noise, readout)
@@ -231,9 +244,7 @@ def readout_report(
     correlation of its reading with `latent_controls`, per control, over the `heldout_clips`."""
     batch = heldout_clips(cfg, bank, device, clips)
     mean, _ = vae.encode_posterior(batch.frames)
-    want = latent_controls(batch.controls.float(), mean.shape[1] - 1).flatten(0, 1)
-    got = head(mean[:, 1:].flatten(0, 1).float())
-    got, want = got.cpu().numpy(), want.cpu().numpy()
+    got, want = (t.cpu().numpy() for t in head_reading(head, mean, batch.controls))
     return {name: pearson(got[:, k], want[:, k]) for k, name in enumerate(bh.CONTROLS)}
 
 

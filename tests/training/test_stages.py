@@ -16,6 +16,7 @@ from flowact.renderer.training.common import StageState
 from flowact.renderer.training.distill import DistillConfig, distill_loss, train_distill
 from flowact.renderer.training.train import DiffusionConfig, diffusion_loss, train_diffusion
 from flowact.renderer.training.vae_train import (
+    ControlReadout,
     VAETrainConfig,
     clip_frames,
     control_head,
@@ -93,7 +94,7 @@ def test_the_control_readout_trains_the_encoder_and_not_the_decoder(tiny_vae):
     # and, with the reconstruction, the joint loss falls on a fixed batch
     vae.zero_grad()
     torch.manual_seed(0)
-    readout = (head, clips.controls, 1.0)
+    readout = ControlReadout(head, clips.controls, 1.0)
     params = [*vae.parameters(), *head.parameters()]
     joint = _fit(params, lambda: vae_loss(vae, clips.frames, 1e-4, readout=readout), 12, 3e-3)
     assert joint[-1] < 0.7 * joint[0]
