@@ -1,9 +1,10 @@
-"""Training data for the DiT: world clips as VAE latents, and batches in the stream-buffer layout.
+"""Training data for the DiT: clips of a `ClipSource` (the world's, or prepared footage) as VAE
+latents, and batches in the stream-buffer layout.
 
-`LatentSet` holds long clips, encoded once: latent 0 is the clip's neutral reference frame,
-latent `1 + j` the session's latent j (4 frames); the clip's 16 kHz speech; and per chunk the
-prompt id active on each channel (the renderer conditions a whole chunk on the prompts active at
-its centre frame; the world switches behaviors on chunk boundaries).
+`LatentSet` holds long clips, encoded once: latent 0 is the clip's reference frame (the world's
+neutral pose), latent `1 + j` the session's latent j (4 frames); the clip's 16 kHz speech; and
+per chunk the prompt id active on each channel (the renderer conditions a whole chunk on the
+prompts active at its centre frame; the world switches behaviors on chunk boundaries).
 
 `sample_buffer` cuts a buffer out of it exactly as `StreamBuffer` lays one out at inference
 while chunk k is the oldest in the stream:
@@ -28,6 +29,7 @@ from torch import Tensor
 from flowact.renderer.buffer import ChunkCondition
 from flowact.renderer.presets import RendererConfig
 from flowact.renderer.training import world
+from flowact.renderer.training.base import ClipSource
 from flowact.schemas.timebase import FRAMES_PER_CHUNK, FRAMES_PER_LATENT, SAMPLES_PER_CHUNK
 
 MEMORY_CHUNKS = 4  # chunks whose last latent can sit in memory: long-term 3 + short-term 1
@@ -39,7 +41,7 @@ class LatentSet:
     latents: Tensor  # [N, 1 + 3 * chunks, C, h, w] normalised, latent 0 = reference
     pcm: Tensor  # [N, chunks * 7680]
     prompt: Tensor  # [N, chunks, channels] prompt id per chunk, -1 none
-    identity: Tensor  # [N, IDENTITY_DIM]
+    identity: Tensor | None = None  # [N, IDENTITY_DIM]; None for footage
 
     @property
     def chunks(self) -> int:
@@ -52,24 +54,26 @@ class LatentSet:
 @torch.no_grad()
 def build_latent_set(
     vae: torch.nn.Module,
+    source: ClipSource,
     clips: int,
-    cfg: world.ClipConfig,
+    chunks: int,
     rng: np.random.Generator,
-    bank: list[np.ndarray] | None,
     device: torch.device,
     batch: int = 8,
     dtype: torch.dtype = torch.bfloat16,
 ) -> LatentSet:
-    """Render `clips` clips of `cfg.chunks` chunks and encode them with `vae` (deterministic)."""
+    """Draw `clips` clips of `chunks` chunks from `source` and encode them with `vae`
+    (deterministic)."""
     parts: dict[str, list[Tensor]] = {"latents": [], "pcm": [], "prompt": [], "identity": []}
     centre = FRAMES_PER_CHUNK // 2
     for start in range(0, clips, batch):
-        clip = world.make_clips(min(batch, clips - start), cfg, rng, bank, device)
+        clip = source.make(min(batch, clips - start), chunks, rng, device)
         parts["latents"].append(vae.encode(clip.frames).to(dtype))
         parts["pcm"].append(clip.pcm.to(dtype))
         parts["prompt"].append(clip.prompt[:, centre::FRAMES_PER_CHUNK])
-        parts["identity"].append(clip.identity)
-    return LatentSet(**{k: torch.cat(v) for k, v in parts.items()})
+        if clip.identity is not None:
+            parts["identity"].append(clip.identity)
+    return LatentSet(**{k: torch.cat(v) if v else None for k, v in parts.items()})
 
 
 # ------------------------------------------------------------------------------------ audio

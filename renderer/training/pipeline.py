@@ -163,9 +163,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     summary, save_summary = open_summary(work, cfg)
     eval_bank = take_data(data_dir, work)
-    bank = speech.load_bank(data_dir / "speech_train.npz")
     table = torch.load(data_dir / "text_table.pt", map_location="cpu").to(device)
     size = (get_preset(cfg.preset).height, get_preset(cfg.preset).width)
+    source = world.WorldClips(
+        world.ClipConfig(size=size), speech.load_bank(data_dir / "speech_train.npz")
+    )
     if cfg.init_from:
         seed_workdir(work, cfg)
 
@@ -174,7 +176,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
     # VAE
     vae_cfg = _vae_config(cfg, size)
-    vae, vae_state = train_vae(vae_cfg, work, device, bank, piece_seconds=left())
+    vae, vae_state = train_vae(vae_cfg, work, device, source, piece_seconds=left())
     vae.requires_grad_(False)
     # the reports of a finished VAE stage, made once and kept by the summary over later pieces
     heldout = summary.get("vae", {}).get("heldout")
@@ -189,19 +191,19 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         # the new latent space against the checkpoint's, on the same unseen clips
         if heldout is None:
             base = load_checkpoint(cfg.init_from, device).vae.float()
-            heldout = asdict(heldout_report(base, vae, vae_cfg, bank, device))
+            heldout = asdict(heldout_report(base, vae, vae_cfg, source, device))
             log.info("vae_continued_heldout", **heldout)
         summary["vae"]["heldout"] = heldout
     if "head" in vae_state.modules and vae_done:
         # what the latents carry of each control on unseen characters, read by the head
         if readout is None:
             head = vae_state.modules["head"]
-            readout = readout_report(vae, head, vae_cfg, bank, device)
+            readout = readout_report(vae, head, vae_cfg, source, device)
             log.info("vae_control_readout", **readout)
         summary["vae"]["readout"] = readout
     if cfg.vae_decoder_seconds > 0:
         # sharper frames from the same latent space: a DiT from init_from keeps its latents
-        vae = _finetune_decoder(cfg, vae_cfg, vae, work, device, bank, left(), summary)
+        vae = _finetune_decoder(cfg, vae_cfg, vae, work, device, source, left(), summary)
 
     # probe: half of each batch through the VAE, so it reads decoded frames too
     probe = _train_probe(cfg, work, device, vae, size, min(left(), cfg.probe_seconds), summary)
@@ -212,9 +214,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         latents = data_mod.LatentSet(**torch.load(latents_path, map_location=device))
     else:
         t0 = time.monotonic()
-        clip_cfg = world.ClipConfig(chunks=cfg.clip_chunks, size=size)
+        rng = np.random.default_rng(cfg.seed + 7)
         latents = data_mod.build_latent_set(
-            vae, cfg.latent_clips, clip_cfg, np.random.default_rng(cfg.seed + 7), bank, device
+            vae, source, cfg.latent_clips, cfg.clip_chunks, rng, device
         )
         torch.save(vars(latents), latents_path)
         summary["latents"] = {"clips": len(latents), "seconds": time.monotonic() - t0}
@@ -324,14 +326,14 @@ def _vae_config(cfg: PipelineConfig, size: tuple[int, int]) -> VAETrainConfig:
     )
 
 
-def _finetune_decoder(cfg, vae_cfg, vae, work, device, bank, seconds, summary):
+def _finetune_decoder(cfg, vae_cfg, vae, work, device, source, seconds, summary):
     dec_cfg = replace(
         vae_cfg,
         seconds=cfg.vae_decoder_seconds,
         lr=cfg.vae_decoder_lr,
         latent_noise=cfg.vae_latent_noise,
     )
-    vae, state, report = finetune_decoder(dec_cfg, vae, work, device, bank, piece_seconds=seconds)
+    vae, state, report = finetune_decoder(dec_cfg, vae, work, device, source, piece_seconds=seconds)
     summary["vae_decoder"] = {
         **_stage_summary(state),
         "heldout": asdict(report) if report else None,
@@ -361,8 +363,9 @@ def refit_checkpoint(cfg: PipelineConfig) -> dict:
     if cfg.vae_decoder_seconds > 0:
         # the decoder trains on speaking clips; the probe, on still renders, needs no speech
         bank = speech.load_bank(data_dir / "speech_train.npz")
+        source = world.WorldClips(world.ClipConfig(size=size), bank)
         vae_cfg = _vae_config(cfg, size)
-        vae = _finetune_decoder(cfg, vae_cfg, vae, work, device, bank, cfg.deadline, summary)
+        vae = _finetune_decoder(cfg, vae_cfg, vae, work, device, source, cfg.deadline, summary)
         done = summary["vae_decoder"]["heldout"] is not None
     else:
         done = True

@@ -1,4 +1,5 @@
-"""VAE stage: reconstruction + a small KL on world clips, then the latent statistics.
+"""VAE stage: reconstruction + a small KL on clips of a `ClipSource` (the world's, or prepared
+footage), then the latent statistics.
 
 Clips are `1 + 4n` frames (a neutral reference frame, then behavior- and speech-driven frames),
 the layout the renderer decodes, and by default long enough to outlast the VAE's temporal reach
@@ -13,11 +14,11 @@ normalises the latents to zero mean and unit variance per channel, what the DiT 
 
 With `control_weight`, a small head (`ConvReadout`) trained beside the VAE reads each latent's
 ground-truth controls (their mean over its 4 frames) from the posterior mean, and its error
-joins the loss (`control_loss`). A pixel loss hardly weighs a smile (a few pixels of a 128 x 128
-frame), so the encoder is free to drop it; the readout's gradient asks the encoder to keep every
-control in the latents, where the decoder can find it. The head is part of the stage's state
-only: the exported VAE is the same network either way. `readout_report` says how well it reads
-unseen characters when the stage ends.
+joins the loss (`control_loss`); only the world's clips have controls to read. A pixel loss
+hardly weighs a smile (a few pixels of a 128 x 128 frame), so the encoder is free to drop it;
+the readout's gradient asks the encoder to keep every control in the latents, where the decoder
+can find it. The head is part of the stage's state only: the exported VAE is the same network
+either way. `readout_report` says how well it reads unseen characters when the stage ends.
 
 `finetune_decoder` trains the decoder alone with the encoder and the latent statistics frozen:
 sharper frames from the same latent space, so a DiT trained on it needs no retraining. It keeps
@@ -43,6 +44,7 @@ from torch import Tensor, nn
 from flowact.renderer import vae as vae_mod
 from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import world
+from flowact.renderer.training.base import Clip, ClipSource
 from flowact.renderer.training.common import (
     StageState,
     autocast,
@@ -162,17 +164,24 @@ def train_vae(
     cfg: VAETrainConfig,
     workdir: Path | None,
     device: torch.device,
-    bank: list[np.ndarray] | None = None,
+    source: ClipSource | None = None,
     progress: bool = True,
     piece_seconds: float = math.inf,
 ) -> tuple[vae_mod.CausalVideoVAE, StageState]:
-    """Train (resuming from `workdir/vae/state.pt`) for at most `piece_seconds` now out of the
-    stage's `cfg.seconds`; latent stats are (re)set whenever steps ran, and saved. With
+    """Train on clips of `source` (default the world at `cfg.size`, babble for speech), resuming
+    from `workdir/vae/state.pt`, for at most `piece_seconds` now out of the stage's
+    `cfg.seconds`; latent stats are (re)set whenever steps ran, and saved. With
     `cfg.control_weight`, the state also holds the control head (`state.modules["head"]`); a
     saved VAE without one (a seeded checkpoint's) starts it fresh."""
     if cfg.latent_noise > 0:
         # before the latent statistics exist, "normalised units" would mean nothing
         raise ValueError("latent_noise is for the decoder stage (finetune_decoder) only")
+    source = source or default_source(cfg)
+    if cfg.control_weight > 0 and not source.ground_truth:
+        raise ValueError(
+            "control_weight reads each clip's ground-truth controls, which only the synthetic "
+            "world has; footage has none: train with control_weight 0"
+        )
     torch.manual_seed(cfg.seed)
     vae = vae_mod.build_vae(cfg.preset).to(device)
     modules: dict[str, nn.Module] = {"vae": vae}
@@ -190,10 +199,10 @@ def train_vae(
         # the stats stay as they were
         return vae.eval(), state
     rng = np.random.default_rng(cfg.seed + state.step)
-    clip_cfg = world.ClipConfig(chunks=training_chunks(cfg), size=cfg.size)
-    log.info("vae_clips", frames=clip_frames(clip_cfg.chunks), batch=cfg.batch)
+    chunks = training_chunks(cfg)
+    log.info("vae_clips", frames=clip_frames(chunks), batch=cfg.batch)
 
-    step = _step_fn(cfg, modules, opt, state, clip_cfg, rng, bank, device)
+    step = _step_fn(cfg, modules, opt, state, source, chunks, rng, device)
     for m in modules.values():
         m.train()
     first = state.step
@@ -201,15 +210,18 @@ def train_vae(
     for m in modules.values():
         m.eval()
     if state.step > first or first == 0:
-        set_stats(vae, cfg, rng, bank, device, clip_cfg)
+        set_stats(vae, cfg, rng, source, device, chunks)
         if path is not None:
             state.save(path)
     return vae, state
 
 
-def _step_fn(cfg, modules, opt, state, clip_cfg, rng, bank, device) -> Callable[[int], Tensor]:
-    """One optimizer step on fresh clips, for `train_vae` and `finetune_decoder` alike (`opt`
-    holds what the stage trains; `modules` has the VAE, and the control head if there is one)."""
+def _step_fn(
+    cfg, modules, opt, state, source: ClipSource, chunks: int, rng, device
+) -> Callable[[int], Tensor]:
+    """One optimizer step on fresh clips of `chunks` chunks, for `train_vae` and
+    `finetune_decoder` alike (`opt` holds what the stage trains; `modules` has the VAE, and the
+    control head if there is one)."""
     params = [p for group in opt.param_groups for p in group["params"]]
     head = modules.get("head")
 
@@ -217,7 +229,7 @@ def _step_fn(cfg, modules, opt, state, clip_cfg, rng, bank, device) -> Callable[
         lr = cosine_lr(cfg.lr, i, progress_of(state, cfg.steps, cfg.seconds), 200)
         for group in opt.param_groups:
             group["lr"] = lr
-        clips = world.make_clips(cfg.batch, clip_cfg, rng, bank, device)
+        clips = source.make(cfg.batch, chunks, rng, device)
         readout = None if head is None else ControlReadout(head, clips.controls, cfg.control_weight)
         frames, vae = clips.frames, modules["vae"]
         with autocast(device):
@@ -236,13 +248,16 @@ def readout_report(
     vae: vae_mod.CausalVideoVAE,
     head: ConvReadout,
     cfg: VAETrainConfig,
-    bank: list[np.ndarray] | None,
+    source: ClipSource,
     device: torch.device,
     clips: int = 4,
 ) -> dict[str, float]:
     """How well the control head reads unseen characters' controls from `vae`'s latents: the
-    correlation of its reading with `latent_controls`, per control, over the `heldout_clips`."""
-    batch = heldout_clips(cfg, bank, device, clips)
+    correlation of its reading with `latent_controls`, per control, over the `heldout_clips`
+    of `source` (which must have ground truth)."""
+    if not source.ground_truth:
+        raise ValueError("the control readout reads ground-truth controls; footage has none")
+    batch = heldout_clips(cfg, source, device, clips)
     mean, _ = vae.encode_posterior(batch.frames)
     got, want = (t.cpu().numpy() for t in head_reading(head, mean, batch.controls))
     return {name: pearson(got[:, k], want[:, k]) for k, name in enumerate(bh.CONTROLS)}
@@ -269,18 +284,20 @@ def finetune_decoder(
     vae: vae_mod.CausalVideoVAE,
     workdir: Path | None,
     device: torch.device,
-    bank: list[np.ndarray] | None = None,
+    source: ClipSource | None = None,
     progress: bool = True,
     piece_seconds: float = math.inf,
     heldout_clips: int = 4,
 ) -> tuple[vae_mod.CausalVideoVAE, StageState, DecoderReport | None]:
-    """Train a copy of `vae`'s decoder (resuming from `workdir/vae_decoder/state.pt`) with the
-    encoder and latent statistics frozen, so the latents a DiT learned stay valid; `vae` itself
-    is left as it is. `cfg.kl_weight` is ignored (the posterior does not move).
+    """Train a copy of `vae`'s decoder on clips of `source` (default as `train_vae`'s),
+    resuming from `workdir/vae_decoder/state.pt`, with the encoder and latent statistics
+    frozen, so the latents a DiT learned stay valid; `vae` itself is left as it is.
+    `cfg.kl_weight` is ignored (the posterior does not move).
 
     Returns the VAE to use, the stage's state and, once the stage's budget is spent, a report
-    on `heldout_clips` clips of unseen identities: the VAE returned is the tuned one only if it
-    reconstructs them better over the face, else `vae` (None report: `vae`, not yet done)."""
+    on `heldout_clips` of the source's held-out clips: the VAE returned is the tuned one only if
+    it reconstructs them better over the face, else `vae` (None report: `vae`, not yet done)."""
+    source = source or default_source(cfg)
     torch.manual_seed(cfg.seed)
     tuned = copy.deepcopy(vae).to(device)
     tuned.encoder.requires_grad_(False)
@@ -295,15 +312,15 @@ def finetune_decoder(
     budget = min(piece_seconds, cfg.seconds - state.seconds)
     if budget > 0 and state.step < cfg.steps:
         rng = np.random.default_rng(cfg.seed + state.step)
-        clip_cfg = world.ClipConfig(chunks=training_chunks(cfg), size=cfg.size)
         dec_cfg = replace(cfg, kl_weight=0.0, control_weight=0.0)
-        step = _step_fn(dec_cfg, {"vae": tuned}, opt, state, clip_cfg, rng, bank, device)
+        chunks = training_chunks(cfg)
+        step = _step_fn(dec_cfg, {"vae": tuned}, opt, state, source, chunks, rng, device)
         tuned.decoder.train()
         run_steps(state, step, cfg.steps, path, budget, cfg.save_every, "vae decoder", progress)
     tuned.eval().requires_grad_(False)
     if state.step < cfg.steps and state.seconds < cfg.seconds - 1:
         return vae, state, None
-    report = heldout_report(vae, tuned, cfg, bank, device, heldout_clips)
+    report = heldout_report(vae, tuned, cfg, source, device, heldout_clips)
     log.info("vae_decoder_heldout", **asdict(report), kept=report.improved)
     return (tuned if report.improved else vae), state, report
 
@@ -312,13 +329,13 @@ def heldout_report(
     base: vae_mod.CausalVideoVAE,
     tuned: vae_mod.CausalVideoVAE,
     cfg: VAETrainConfig,
-    bank: list[np.ndarray] | None,
+    source: ClipSource,
     device: torch.device,
     clips: int = 4,
 ) -> DecoderReport:
-    """How `base` and `tuned` reconstruct the same `clips` clips of unseen identities
+    """How `base` and `tuned` reconstruct the same `clips` held-out clips of `source`
     (`heldout_clips`)."""
-    frames = heldout_clips(cfg, bank, device, clips).frames
+    frames = heldout_clips(cfg, source, device, clips).frames
     face = world.face_region(*cfg.size)
     return DecoderReport(
         base=reconstruction_psnr(base, frames),
@@ -330,12 +347,13 @@ def heldout_report(
 
 
 def heldout_clips(
-    cfg: VAETrainConfig, bank: list[np.ndarray] | None, device: torch.device, clips: int
-) -> world.Clip:
-    """`clips` clips of unseen identities, of the training clips' length, from a fixed seed: the
-    held-out reports of different runs and stages see the same clips."""
-    clip_cfg = world.ClipConfig(chunks=training_chunks(cfg), size=cfg.size, split="eval")
-    return world.make_clips(clips, clip_cfg, np.random.default_rng(12345), bank, device)
+    cfg: VAETrainConfig, source: ClipSource, device: torch.device, clips: int
+) -> Clip:
+    """`clips` of `source.heldout()` (the world's: unseen identities), of the training clips'
+    length, from a fixed seed: the held-out reports of different runs and stages see the same
+    clips."""
+    rng = np.random.default_rng(12345)
+    return source.heldout().make(clips, training_chunks(cfg), rng, device)
 
 
 @torch.no_grad()
@@ -343,16 +361,16 @@ def set_stats(
     vae: vae_mod.CausalVideoVAE,
     cfg: VAETrainConfig,
     rng: np.random.Generator,
-    bank: list[np.ndarray] | None,
+    source: ClipSource,
     device: torch.device,
-    clip_cfg: world.ClipConfig | None = None,
+    chunks: int | None = None,
 ) -> None:
-    """Per-channel mean / std of the posterior means over fresh clips (`clip_cfg`, default the
-    training clips) -> latent stats."""
-    clip_cfg = clip_cfg or world.ClipConfig(chunks=training_chunks(cfg), size=cfg.size)
+    """Per-channel mean / std of the posterior means over fresh clips of `source` (of `chunks`
+    chunks, default the training clips') -> latent stats."""
+    chunks = chunks or training_chunks(cfg)
     means = []
     for _ in range(max(1, cfg.stats_clips // cfg.batch)):
-        clips = world.make_clips(cfg.batch, clip_cfg, rng, bank, device)
+        clips = source.make(cfg.batch, chunks, rng, device)
         mean, _ = vae.encode_posterior(clips.frames)
         means.append(mean.transpose(0, 2).flatten(1).float())  # [C, ...]
     z = torch.cat(means, 1)
@@ -370,6 +388,11 @@ def reconstruction_psnr(
     err = (recon.float() - frames.float()).pow(2)
     mse = (err[..., region] if region is not None else err).mean().item()
     return 10 * math.log10(4.0 / max(mse, 1e-12))
+
+
+def default_source(cfg: VAETrainConfig) -> world.WorldClips:
+    """The world at `cfg.size`, babble for speech: what a stage given no source trains on."""
+    return world.WorldClips(world.ClipConfig(size=cfg.size))
 
 
 def training_chunks(cfg: VAETrainConfig) -> int:

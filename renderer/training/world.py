@@ -9,14 +9,16 @@ code draws on CPU for tests and on the GPU for training.
 
 Identities are drawn from seeds: `sample_identities(n, split="train")` never yields an identity
 of `split="eval"` (disjoint seed ranges), which is how evaluation gets unseen characters.
-`WorldClips` generates training clips: frames, 16 kHz speech, controls and prompts.
+`make_clips` generates training clips: frames, 16 kHz speech, controls and prompts;
+`WorldClips` is the world as a `base.ClipSource`, what the VAE stage and the latents draw from.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -24,6 +26,7 @@ from torch import Tensor
 
 from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import speech
+from flowact.renderer.training.base import Clip
 from flowact.schemas.timebase import FRAMES_PER_CHUNK, SAMPLES_PER_FRAME
 
 # ------------------------------------------------------------------------------- identities
@@ -374,19 +377,6 @@ class ClipConfig:
     speak_prob: float = 0.7
 
 
-@dataclass
-class Clip:
-    """A batch of clips. frames: `[B, 1 + T, 3, H, W]`, frame 0 the reference (neutral pose).
-    pcm `[B, T * 640]`, controls `[B, T, K]`, behavior / prompt ids `[B, T, channels]`."""
-
-    identity: Tensor
-    frames: Tensor
-    pcm: Tensor
-    controls: Tensor
-    behavior: Tensor
-    prompt: Tensor
-
-
 def make_clips(
     n: int,
     cfg: ClipConfig,
@@ -395,7 +385,8 @@ def make_clips(
     device: str | torch.device = "cpu",
     identities: Tensor | None = None,
 ) -> Clip:
-    """`n` clips with fresh identities (of `cfg.split`), speech, behaviors and frames."""
+    """`n` clips with fresh identities (of `cfg.split`), speech, behaviors and frames; frame 0
+    is the neutral pose."""
     frames = cfg.chunks * FRAMES_PER_CHUNK
     if identities is None:
         identities = sample_identities(n, cfg.split, int(rng.integers(1 << 30)))
@@ -422,6 +413,28 @@ def make_clips(
         behavior=torch.from_numpy(np.stack(behs)).to(device),
         prompt=torch.from_numpy(np.stack(prompts)).to(device),
     )
+
+
+@dataclass(frozen=True)
+class WorldClips:
+    """The world as a `base.ClipSource`: `make_clips` with `config` at the length asked for,
+    speech from `bank` (None: babble only). Its held-out clips are of unseen identities."""
+
+    config: ClipConfig = ClipConfig()
+    bank: list[np.ndarray] | None = field(default=None, repr=False, compare=False)
+    ground_truth: ClassVar[bool] = True
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.config.size
+
+    def make(
+        self, n: int, chunks: int, rng: np.random.Generator, device: str | torch.device = "cpu"
+    ) -> Clip:
+        return make_clips(n, replace(self.config, chunks=chunks), rng, self.bank, device)
+
+    def heldout(self) -> WorldClips:
+        return replace(self, config=replace(self.config, split="eval"))
 
 
 def clip_stream(

@@ -36,8 +36,8 @@ def tiny_vae() -> vae_mod.CausalVideoVAE:
 def tiny_latents(tiny_vae) -> data.LatentSet:
     """4 clips of 8 chunks at 32x32, encoded by an untrained tiny VAE (layout is the subject)."""
     rng = np.random.default_rng(0)
-    cfg = world.ClipConfig(chunks=8, size=(32, 32))
-    return data.build_latent_set(tiny_vae, 4, cfg, rng, None, torch.device("cpu"), batch=4)
+    source = world.WorldClips(world.ClipConfig(size=(32, 32)))
+    return data.build_latent_set(tiny_vae, source, 4, 8, rng, torch.device("cpu"), batch=4)
 
 
 @pytest.fixture
