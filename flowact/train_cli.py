@@ -12,7 +12,8 @@ import typer
 from flowact.options import DeviceOption
 
 train_app = typer.Typer(
-    help="Train a renderer in the synthetic avatar world.", no_args_is_help=True
+    help="Train a renderer in the synthetic avatar world, or on your own footage.",
+    no_args_is_help=True,
 )
 
 
@@ -27,12 +28,28 @@ def train_prepare(
     prepare_data(data, preset)
 
 
+@train_app.command("prepare-footage")
+def train_prepare_footage(
+    videos: Annotated[Path, typer.Option(help="Folder of videos, each with <stem>.json.")],
+    data: Annotated[Path, typer.Option(help="Folder for the training data.")],
+    preset: Annotated[str, typer.Option(help="Renderer preset to train.")] = "demo",
+) -> None:
+    """Decode real videos with sound and their prompt annotations into training data (see
+    docs/training.md, "Training on your own footage")."""
+    from flowact.renderer.training.footage import prepare_footage
+
+    try:
+        prepare_footage(videos, data, preset)
+    except (FileNotFoundError, ValueError) as err:
+        raise typer.BadParameter(str(err)) from None
+
+
 @train_app.command("run")
 def train_run(
     preset: Annotated[str, typer.Option(help="Renderer preset to train.")] = "demo",
-    data: Annotated[Path, typer.Option(help="Folder made by `flowact train prepare`.")] = Path(
-        ".train_data"
-    ),
+    data: Annotated[
+        Path, typer.Option(help="Folder made by `flowact train prepare` or `prepare-footage`.")
+    ] = Path(".train_data"),
     workdir: Annotated[Path, typer.Option(help="Resumable state of the run.")] = Path("out/train"),
     checkpoint: Annotated[Path, typer.Option(help="Where the checkpoint is exported.")] = Path(
         "out/checkpoint"
@@ -58,7 +75,8 @@ def train_run(
     ] = False,
     device: DeviceOption = None,
 ) -> None:
-    """VAE, probe, stages 1-3 and evaluation; resumes from `--workdir`."""
+    """VAE, probe, stages 1-3 and evaluation (on footage: no probe, no evaluation); resumes
+    from `--workdir`."""
     from flowact.renderer.training.pipeline import PipelineConfig, run_pipeline
     from flowact.renderer.training.workdir import check_config
 

@@ -15,6 +15,13 @@ def load_reference(data: bytes, height: int, width: int) -> np.ndarray:
         image.load()
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"reference image cannot be decoded: {err}") from None
+    return fit_image(image, height, width)
+
+
+def fit_image(image: Image.Image, height: int, width: int) -> np.ndarray:
+    """`image` centre-cropped to the aspect of `height` x `width`, then resized to it:
+    `[height, width, 3]` uint8. Reference images go through it, and so do the frames of footage
+    prepared for training (`renderer.training.footage`), so that the two look alike."""
     image = image.convert("RGB")
     scale = min(image.width / width, image.height / height)
     crop_w, crop_h = round(width * scale), round(height * scale)

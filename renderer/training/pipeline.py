@@ -9,12 +9,21 @@ speech banks (training sentences, held-out evaluation sentences) and the prompt 
 `refit_checkpoint` (`refit`) trains anew what an exported checkpoint's latent space does not
 depend on, its VAE decoder and its probe, and writes the checkpoint with them.
 
+`prepare-footage` makes a data folder of real video instead (`footage.prepare_footage`); a run
+on it trains the VAE (and its decoder), the latents and stages 1-3 on that footage
+(`footage.FootageClips`), and skips the probe and the evaluation, the synthetic world's
+instruments, which read a ground truth that footage does not have (`FOOTAGE_SKIPS`).
+
     python -m flowact.renderer.training.pipeline prepare --data .train_data --preset demo
     python -m flowact.renderer.training.pipeline run --preset demo --data .train_data \
         --workdir out/train --checkpoint checkpoints/demo --deadline 560
     python -m flowact.renderer.training.pipeline refit --init-from checkpoints/demo \
         --workdir out/refit --checkpoint out/refit_ckpt --vae-decoder-seconds 480 \
         --vae-face-gain 3 --vae-latent-noise 0.2 --probe-seconds 240
+    python -m flowact.renderer.training.pipeline prepare-footage --videos VIDEOS \
+        --data .footage --preset demo
+    python -m flowact.renderer.training.pipeline run --preset demo --data .footage \
+        --workdir out/footage --checkpoint out/footage_ckpt
 """
 
 from __future__ import annotations
@@ -31,11 +40,13 @@ import structlog
 import torch
 
 from flowact.renderer.engine import AUDIO_PRESET, VAE_PRESET, audio_encoder_for
+from flowact.renderer.media import encode_png
 from flowact.renderer.model import FlowActMMDiT, count_parameters
 from flowact.renderer.presets import get_preset
 from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import data as data_mod
-from flowact.renderer.training import speech, world
+from flowact.renderer.training import footage, speech, world
+from flowact.renderer.training.base import ClipSource
 from flowact.renderer.training.common import EMA, pick_device
 from flowact.renderer.training.distill import DistillConfig, train_distill
 from flowact.renderer.training.dmd import DMDConfig, train_dmd
@@ -72,6 +83,14 @@ from flowact.renderer.training.workdir import (
 )
 
 log = structlog.get_logger(__name__)
+
+# what a run on footage leaves out, and why (its summary's "skipped")
+FOOTAGE_SKIPS = {
+    "probe": "the probe reads the synthetic world's controls and identities; footage has no "
+    "ground truth to train it on",
+    "eval": "the evaluation measures streams of the world's unseen characters against their "
+    "ground truth; footage has none, and a checkpoint without a probe has no instrument",
+}
 
 
 @dataclass(frozen=True)
@@ -152,6 +171,16 @@ def prepare_data(out: str | Path, preset: str = "demo", train_sentences: int = 1
     log.info("data_prepared", out=str(out), train=len(train), prompts=table.shape[0])
 
 
+def clip_source(data: Path, size: tuple[int, int]) -> ClipSource:
+    """What the VAE and the latents draw clips from: the footage `data` holds if it was made by
+    `prepare-footage`, else the world at `size` with `data`'s training speech."""
+    if footage.is_footage(data):
+        return footage.FootageClips(data)
+    return world.WorldClips(
+        world.ClipConfig(size=size), speech.load_bank(data / "speech_train.npz")
+    )
+
+
 def run_pipeline(cfg: PipelineConfig) -> dict:
     """Run (or continue) every stage; returns a summary written to `workdir/summary.json`."""
     check_config(cfg)
@@ -162,12 +191,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     work, data_dir = Path(cfg.workdir), Path(cfg.data)
     work.mkdir(parents=True, exist_ok=True)
     summary, save_summary = open_summary(work, cfg)
-    eval_bank = take_data(data_dir, work)
     table = torch.load(data_dir / "text_table.pt", map_location="cpu").to(device)
     size = (get_preset(cfg.preset).height, get_preset(cfg.preset).width)
-    source = world.WorldClips(
-        world.ClipConfig(size=size), speech.load_bank(data_dir / "speech_train.npz")
-    )
+    source = clip_source(data_dir, size)
+    eval_bank = take_data(data_dir, work) if source.ground_truth else None
+    if not source.ground_truth:
+        summary["footage"] = footage.footage_summary(data_dir)
+        summary["skipped"] = FOOTAGE_SKIPS
+        log.info("footage_run", skipped=FOOTAGE_SKIPS)
     if cfg.init_from:
         seed_workdir(work, cfg)
 
@@ -206,7 +237,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         vae = _finetune_decoder(cfg, vae_cfg, vae, work, device, source, left(), summary)
 
     # probe: half of each batch through the VAE, so it reads decoded frames too
-    probe = _train_probe(cfg, work, device, vae, size, min(left(), cfg.probe_seconds), summary)
+    probe = None
+    if source.ground_truth:
+        seconds = min(left(), cfg.probe_seconds)
+        probe = _train_probe(cfg, work, device, vae, size, seconds, summary)
 
     # latents
     latents_path = work / "latents.pt"
@@ -253,7 +287,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     teacher = ema.model
     teacher.set_attention_backend("split")
     if cfg.stage3_seconds <= 0:
-        summary["eval"] = _evaluate(cfg, None, teacher, vae, encoder, probe, table, work, eval_bank)
+        if source.ground_truth:
+            summary["eval"] = _evaluate(
+                cfg, None, teacher, vae, encoder, probe, table, work, eval_bank
+            )
         save_summary()
         return summary
     d = DistillConfig(
@@ -300,16 +337,28 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         export_checkpoint(
             summary["checkpoint_before_dmd"], before_dmd, vae, encoder, probe, sampling
         )
-    export_checkpoint(cfg.checkpoint, final, vae, encoder, probe, sampling)
+    out = export_checkpoint(cfg.checkpoint, final, vae, encoder, probe, sampling)
+    if not source.ground_truth:
+        _write_reference(out, data_dir)
     summary["checkpoint"] = cfg.checkpoint
     save_summary()
     # evaluation runs once distillation is complete, whatever is left of this piece's deadline
-    if done:
+    if done and source.ground_truth:
         summary["eval"] = _evaluate(
             cfg, final, teacher, vae, encoder, probe, table, work, eval_bank, before_dmd
         )
     save_summary()
     return summary
+
+
+def _write_reference(checkpoint: Path, data: Path) -> None:
+    """Give a checkpoint trained on footage the reference frame of a held-out video (of a
+    training one if none is held out) as `reference.png`, an image to start a session from."""
+    try:
+        clips = footage.FootageClips(data, "eval")
+    except ValueError:
+        clips = footage.FootageClips(data)
+    (checkpoint / "reference.png").write_bytes(encode_png(clips.reference_image()))
 
 
 def _vae_config(cfg: PipelineConfig, size: tuple[int, int]) -> VAETrainConfig:
@@ -362,15 +411,17 @@ def refit_checkpoint(cfg: PipelineConfig) -> dict:
     size = (bundle.config.height, bundle.config.width)
     if cfg.vae_decoder_seconds > 0:
         # the decoder trains on speaking clips; the probe, on still renders, needs no speech
-        bank = speech.load_bank(data_dir / "speech_train.npz")
-        source = world.WorldClips(world.ClipConfig(size=size), bank)
+        source = clip_source(data_dir, size)
         vae_cfg = _vae_config(cfg, size)
         vae = _finetune_decoder(cfg, vae_cfg, vae, work, device, source, cfg.deadline, summary)
         done = summary["vae_decoder"]["heldout"] is not None
     else:
         done = True
     probe = bundle.probe
-    if cfg.probe_seconds > 0 and done:
+    if cfg.probe_seconds > 0 and footage.is_footage(data_dir):
+        summary["skipped"] = {"probe": FOOTAGE_SKIPS["probe"]}
+        log.info("footage_refit", skipped=summary["skipped"])
+    elif cfg.probe_seconds > 0 and done:
         left = min(cfg.deadline - (time.monotonic() - start), cfg.probe_seconds)
         first = probe.float() if cfg.probe_continue else None
         probe = _train_probe(cfg, work, device, vae, size, left, summary, first)
@@ -508,6 +559,12 @@ def main() -> None:
     prep = sub.add_parser("prepare")
     prep.add_argument("--data", default=".train_data")
     prep.add_argument("--preset", default="demo")
+    prep_footage = sub.add_parser(
+        "prepare-footage", help="a folder of videos with sidecar annotations as training data"
+    )
+    prep_footage.add_argument("--videos", required=True, help="folder of videos and sidecars")
+    prep_footage.add_argument("--data", required=True, help="folder to write the data to")
+    prep_footage.add_argument("--preset", default="demo", help="preset whose frame size")
     run = sub.add_parser("run")
     refit = sub.add_parser(
         "refit", help="a checkpoint's VAE decoder and probe trained anew (see refit_checkpoint)"
@@ -525,6 +582,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.cmd == "prepare":
         prepare_data(args.data, args.preset)
+        return
+    if args.cmd == "prepare-footage":
+        try:
+            footage.prepare_footage(args.videos, args.data, args.preset)
+        except (FileNotFoundError, ValueError) as err:
+            prep_footage.error(str(err))
         return
     config = PipelineConfig(**{k: getattr(args, k) for k in asdict(PipelineConfig())})
     command = run if args.cmd == "run" else refit

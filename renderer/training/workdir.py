@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 import structlog
 import torch
 
+from flowact.renderer.presets import get_preset
+from flowact.renderer.training import footage
 from flowact.renderer.training.common import StageState, save_atomically
 from flowact.renderer.training.export import load_checkpoint
 from flowact.renderer.weights import read_index
@@ -31,12 +33,15 @@ SEEDED_FROM_WORKDIR = ("vae/state.pt", "probe.pt", "latents.pt")
 
 
 def check_config(cfg: PipelineConfig, data_files: tuple[str, ...] = DATA_FILES) -> None:
-    """What a run needs before it starts: the prepared data (`data_files` of it), and a source
-    it can start from. Raises `FileNotFoundError` or `ValueError` naming what is wrong (before
-    any training)."""
+    """What a run needs before it starts: the prepared data (`data_files` of the world's, or
+    footage that suits the run: `check_footage`), and a source it can start from. Raises
+    `FileNotFoundError` or `ValueError` naming what is wrong (before any training)."""
     data_dir = Path(cfg.data)
+    is_footage = footage.is_footage(data_dir)
     missing = [name for name in data_files if not (data_dir / name).is_file()]
-    if missing:
+    if is_footage:
+        check_footage(cfg, data_dir)
+    elif missing:
         raise FileNotFoundError(
             f"{data_dir} lacks {', '.join(missing)}: make it with `python -m "
             f"flowact.renderer.training.pipeline prepare --data {data_dir}`"
@@ -68,7 +73,9 @@ def check_config(cfg: PipelineConfig, data_files: tuple[str, ...] = DATA_FILES) 
                 raise ValueError(
                     f"{flag} takes an exported checkpoint's {part}; {source} is a workdir"
                 )
-        missing = [name for name in SEEDED_FROM_WORKDIR if not (source / name).is_file()]
+        # a run on footage trains no probe, so its workdir has none to give
+        wanted = [n for n in SEEDED_FROM_WORKDIR if not (is_footage and n == "probe.pt")]
+        missing = [name for name in wanted if not (source / name).is_file()]
         if missing and not seeded:
             raise FileNotFoundError(f"{source} has not made {', '.join(missing)} yet")
     else:
@@ -76,6 +83,29 @@ def check_config(cfg: PipelineConfig, data_files: tuple[str, ...] = DATA_FILES) 
             f"{source} is neither an exported checkpoint (index.json) nor a work directory "
             "(vae/state.pt)"
         )
+
+
+def check_footage(cfg: PipelineConfig, data: Path) -> None:
+    """That the footage in `data` suits the run: prepared at its preset's frame size, and with
+    held-out videos where a held-out report needs them; and that the run asks nothing of it
+    that needs the world's ground truth."""
+    manifest = footage.read_manifest(data)
+    config = get_preset(cfg.preset)
+    if (manifest.height, manifest.width) != (config.height, config.width):
+        raise ValueError(
+            f"{data} was prepared at {manifest.height}x{manifest.width} for {manifest.preset!r}; "
+            f"{cfg.preset!r} renders {config.height}x{config.width}: prepare it again with "
+            f"--preset {cfg.preset}"
+        )
+    if not (data / footage.TEXT_TABLE).is_file():
+        raise FileNotFoundError(f"{data} lacks {footage.TEXT_TABLE}: prepare it again")
+    if cfg.vae_control_weight > 0:
+        raise ValueError(
+            "vae_control_weight reads each clip's ground-truth controls, which only the "
+            "synthetic world has; footage has none: leave it at 0"
+        )
+    if cfg.vae_decoder_seconds > 0 or cfg.vae_continue:
+        footage.FootageClips(data, "eval")  # a held-out report; raises naming what is missing
 
 
 def take_data(data_dir: Path, work: Path) -> Path:
@@ -104,7 +134,8 @@ def _seed_from_workdir(work: Path, source: Path, cfg: PipelineConfig) -> None:
         return
     work.mkdir(parents=True, exist_ok=True)
     for name in ("probe.pt", "latents.pt"):
-        _link_or_copy(source / name, work / name)
+        if (source / name).is_file():  # a run on footage has no probe
+            _link_or_copy(source / name, work / name)
     # the VAE stage as finished, whatever this run's own VAE budget is
     blob = torch.load(source / "vae" / "state.pt", map_location="cpu", weights_only=False)
     blob["seconds"] = max(blob["seconds"], cfg.vae_seconds)
@@ -130,7 +161,8 @@ def _seed_from_checkpoint(work: Path, cfg: PipelineConfig) -> None:
     if vae_path.is_file() and (dit_path.is_file() or not cfg.init_dit):
         return
     bundle = load_checkpoint(checkpoint)
-    if bundle.probe is None:
+    on_footage = footage.is_footage(cfg.data)  # trains and keeps no probe
+    if bundle.probe is None and not on_footage:
         raise ValueError(f"{checkpoint} holds no probe to start from")
     # the exported weights are bf16; stored back in fp32 as a trained stage would hold them.
     # A VAE to go on training is a stage that has not run yet (its schedule starts over from
@@ -138,7 +170,8 @@ def _seed_from_checkpoint(work: Path, cfg: PipelineConfig) -> None:
     if not vae_path.is_file():
         spent = 0.0 if cfg.vae_continue else cfg.vae_seconds
         StageState({"vae": bundle.vae.float()}, step=1, seconds=spent).save(vae_path)
-        torch.save(bundle.probe.float().state_dict(), probe_path)
+        if not on_footage:
+            torch.save(bundle.probe.float().state_dict(), probe_path)
     if cfg.init_dit and not dit_path.is_file():
         dit, audio = bundle.model.float(), bundle.audio.float()
         parts = {"model": dit, "encoder": audio, "ema": dit}
