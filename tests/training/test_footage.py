@@ -252,6 +252,19 @@ def test_the_pipeline_trains_on_footage_without_probe_or_evaluation(prepared, tm
     # its reference image: the held-out video's reference frame (grey 150)
     image = decode_jpeg((tmp_path / "ckpt" / "reference.png").read_bytes())
     assert np.array_equal(image, np.load(out / "count.frames.npy")[25])
+    # a run on footage goes on from that checkpoint, which has no probe to take
+    more = replace(
+        cfg,
+        workdir=str(tmp_path / "more"),
+        checkpoint=str(tmp_path / "more_ckpt"),
+        init_from=str(tmp_path / "ckpt"),
+        init_dit=True,
+        vae_decoder_seconds=0.0,
+        stage3_seconds=0.0,
+    )
+    went_on = run_pipeline(more)
+    assert went_on["stage1"]["steps"] == 1 and went_on["stage2"]["steps"] > 0
+    assert "eval" not in went_on and not (tmp_path / "more" / "probe.pt").exists()
 
 
 def test_a_footage_run_names_what_it_cannot_do_before_training(prepared, tmp_path):
