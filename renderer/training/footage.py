@@ -376,7 +376,9 @@ class FootageClips:
         self.manifest = read_manifest(self.data)
         self.videos = [v for v in self.manifest.videos if v.split == split]
         if not self.videos:
-            hint = ': mark held-out videos "split": "eval" in their sidecars' * (split == "eval")
+            hint = ""
+            if split == "eval":
+                hint = ': mark held-out videos "split": "eval" in their sidecars'
             raise ValueError(f"{self.data} holds no {split} footage{hint}")
         self._speech: dict[str, _Speech] = {}
         self._places_of: dict[int, tuple[list[PreparedVideo], np.ndarray]] = {}
