@@ -517,7 +517,7 @@ def _evaluate(
 ) -> dict:
     """The distilled student with and without memory refinement, the step-distilled student
     before DMD where DMD ran (with refinement), and the teacher; `student` None evaluates the
-    teacher alone."""
+    teacher alone. A run given 0 seconds (`eval_seconds`, `teacher_eval_seconds`) is left out."""
     results = {}
     base = EvalConfig(
         seconds=cfg.eval_seconds,
@@ -542,6 +542,8 @@ def _evaluate(
         if before_dmd is not None:
             runs["distilled_3nfe_before_dmd_refine"] = (before_dmd, refined, guided)
     for name, (model, ecfg, sampling) in runs.items():
+        if ecfg.seconds <= 0:
+            continue
         t0 = time.monotonic()
         bundle = Bundle(model.config, model, vae, encoder, probe, {"shift": 3.0, **sampling})
         report = run_eval(bundle, work / "eval" / name, ecfg, probe, text_table=table)

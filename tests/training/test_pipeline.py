@@ -211,7 +211,18 @@ def _continuation(main_run, tmp_path, name: str, **flags) -> PipelineConfig:
 
 def test_a_continuation_goes_on_training_the_checkpoints_dit_and_decoder(main_run, tmp_path):
     shipped = load_checkpoint(main_run[1])
-    result = run_pipeline(_continuation(main_run, tmp_path, "more", vae_decoder_seconds=1.0))
+    result = run_pipeline(
+        _continuation(
+            main_run,
+            tmp_path,
+            "more",
+            vae_decoder_seconds=1.0,
+            eval_seconds=0.0,
+            teacher_eval_seconds=0.0,
+        )
+    )
+    # 0 seconds of evaluation: none is streamed (the GPU runs evaluate with `flowact eval`)
+    assert result["eval"] == {} and not (tmp_path / "more" / "eval").exists()
     # stage 1 is the checkpoint's DiT and audio encoder, not a training of its own
     assert result["stage1"]["steps"] == 1 and result["stage1"]["loss_first50"] is None
     assert result["vae"]["steps"] == 1 and "heldout" not in result["vae"]  # the VAE as it was
