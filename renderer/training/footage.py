@@ -381,6 +381,7 @@ class FootageClips:
                 hint = ': mark held-out videos "split": "eval" in their sidecars'
             raise ValueError(f"{self.data} holds no {split} footage{hint}")
         self._speech: dict[str, _Speech] = {}
+        self._frames: dict[str, np.ndarray] = {}
         self._places_of: dict[int, tuple[list[PreparedVideo], np.ndarray]] = {}
 
     @property
@@ -400,7 +401,7 @@ class FootageClips:
             k = int(np.searchsorted(ends, pick, side="right"))
             video = videos[k]
             start = FRAMES_PER_LATENT * int(pick - (ends[k - 1] if k else 0))
-            images = np.load(self.data / f"{video.name}.frames.npy", mmap_mode="r")
+            images = self._frames_of(video)
             frames.append(
                 np.concatenate([images[video.reference][None], images[start : start + length]])
             )
@@ -417,9 +418,14 @@ class FootageClips:
     def reference_image(self) -> np.ndarray:
         """The reference frame of the first video, uint8 `[H, W, 3]`."""
         video = self.videos[0]
-        return np.array(
-            np.load(self.data / f"{video.name}.frames.npy", mmap_mode="r")[video.reference]
-        )
+        return np.array(self._frames_of(video)[video.reference])
+
+    def _frames_of(self, video: PreparedVideo) -> np.ndarray:
+        """The video's frames, memory-mapped once (a training step draws clips from them)."""
+        if video.name not in self._frames:
+            path = self.data / f"{video.name}.frames.npy"
+            self._frames[video.name] = np.load(path, mmap_mode="r")
+        return self._frames[video.name]
 
     def _speech_of(self, video: PreparedVideo) -> _Speech:
         if video.name not in self._speech:
