@@ -33,6 +33,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,7 @@ from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import data as data_mod
 from flowact.renderer.training import footage, speech, world
 from flowact.renderer.training.base import ClipSource
+from flowact.renderer.training.behavior_readout import BehaviorHeadConfig, behavior_head
 from flowact.renderer.training.common import EMA, pick_device
 from flowact.renderer.training.distill import DistillConfig, train_distill
 from flowact.renderer.training.dmd import DMDConfig, train_dmd
@@ -137,6 +139,10 @@ class PipelineConfig:
     staggered_prob: float = 0.7  # 0 = plain diffusion forcing (independent chunk levels)
     gen_memory_prob: float = 0.25  # 0 = no generated-GT latents in the memory slots
     refine_every: int = 8
+    # the behavior readout term of stages 1-2 (DiffusionConfig.behavior_weight), and how long
+    # its head trains on the latents first (behavior_readout.py); 0 = no term
+    behavior_weight: float = 0.0
+    behavior_head_seconds: float = 60.0
     compile: bool = False  # torch.compile the DiT blocks in stages 1-3 (fuses elementwise work)
     eval_seconds: float = 600.0
     eval_identities: int = 4
@@ -258,6 +264,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
     # stage 1 and 2
     config = get_preset(cfg.preset)
+    head = None
+    if cfg.behavior_weight > 0:
+        hcfg = BehaviorHeadConfig(seconds=cfg.behavior_head_seconds, seed=cfg.seed)
+        head, report = behavior_head(hcfg, latents, config.latents_per_chunk, work)
+        summary["behavior_head"] = report or summary.get("behavior_head")
     torch.manual_seed(cfg.seed)
     model = FlowActMMDiT(config).to(device)
     model.set_attention_backend("split")
@@ -273,13 +284,15 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         seed=cfg.seed,
         staggered_prob=cfg.staggered_prob,
         gen_memory_prob=cfg.gen_memory_prob,
+        behavior_weight=cfg.behavior_weight,
         compile=cfg.compile,
     )
-    st1 = train_diffusion(s1, model, encoder, latents, table, work, ema, piece_seconds=left())
+    stage = partial(train_diffusion, head=head)
+    st1 = stage(s1, model, encoder, latents, table, work, ema, piece_seconds=left())
     summary["stage1"] = _stage_summary(st1)
     # stage 2 starts from stage 1's model, encoder and EMA (the objects stage 1 left)
     s2 = replace(s1, name="stage2", audio=True, seconds=cfg.stage2_seconds, gen_memory_after=0)
-    st2 = train_diffusion(s2, model, encoder, latents, table, work, ema, piece_seconds=left())
+    st2 = stage(s2, model, encoder, latents, table, work, ema, piece_seconds=left())
     summary["stage2"] = _stage_summary(st2)
     save_summary()
 

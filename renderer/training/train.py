@@ -17,7 +17,10 @@ Every step trains the velocity model on a batch of buffers cut from world latent
   their noised versions, so memory carries the errors inference memory carries;
 - a refinement-format loss every `refine_every` steps: the short-term latent noised and denoised
   with reference and long-term memory as context, the input memory refinement uses;
-- condition dropout (text, audio) so that classifier-free guidance has an unconditional branch.
+- condition dropout (text, audio) so that classifier-free guidance has an unconditional branch;
+- with `behavior_weight` and a frozen `BehaviorHead`, the behavior readout term
+  (`behavior_readout.behavior_loss`): the x0 prediction of each stream chunk read as the
+  ground-truth chunk is read.
 
 Stage 1 runs with zero audio; stage 2 (`audio=True`) trains the audio encoder jointly.
 """
@@ -33,6 +36,7 @@ from torch import Tensor, nn
 
 from flowact.renderer.model import FlowActMMDiT
 from flowact.renderer.sampler import shift_sigmas
+from flowact.renderer.training.behavior_readout import BehaviorHead, behavior_loss
 from flowact.renderer.training.common import (
     EMA,
     StageState,
@@ -69,6 +73,7 @@ class DiffusionConfig:
     refine_every: int = 4
     refine_weight: float = 0.5
     ema_decay: float = 0.999
+    behavior_weight: float = 0.0  # the behavior readout term; needs a head (train_diffusion)
     compile: bool = False  # torch.compile the DiT's blocks (each buffer shape compiles once)
 
 
@@ -113,12 +118,14 @@ def diffusion_loss(
     gen: torch.Generator,
     use_gen_memory: bool = False,
     refine: bool = False,
+    head: BehaviorHead | None = None,
 ) -> Tensor:
-    """The stage-1/2 loss on one batch of buffers (modifies `b` in place: memory, dropout)."""
+    """The stage-1/2 loss on one batch of buffers (modifies `b` in place: memory, dropout);
+    with `head` and `cfg.behavior_weight`, the behavior readout term added."""
     mc = model.config
     batch, device = b.x0.shape[0], b.x0.device
     lpc, n_ctx = mc.latents_per_chunk, mc.context_latents
-    _drop_conditions(b, cfg, gen)
+    dropped = _drop_conditions(b, cfg, gen)
     if use_gen_memory:
         level = torch.empty(batch, device=device).uniform_(*cfg.gen_level, generator=gen)
         pick = torch.rand(batch, 1, generator=gen, device=device) < cfg.gen_memory_prob
@@ -150,6 +157,10 @@ def diffusion_loss(
     weight = torch.ones_like(err)
     weight[:, :lpc] = torch.where(start[:, None], cfg.i2v_weight, 1.0)
     loss = (err * weight).sum() / weight.sum()
+    if head is not None and cfg.behavior_weight > 0:
+        x0_pred = x_t - tt * v.float()  # where the velocity's Euler step to level 0 lands
+        readout = behavior_loss(head, x0_pred, x0, b.x0[:, 0], levels, ~dropped)
+        loss = loss + cfg.behavior_weight * readout
     if refine:
         loss = loss + cfg.refine_weight * refinement_loss(model, b, gen)
     return loss
@@ -179,13 +190,15 @@ def refinement_loss(model: FlowActMMDiT, b: BufferBatch, gen: torch.Generator) -
     return (err * real).sum() / real.sum()
 
 
-def _drop_conditions(b: BufferBatch, cfg: DiffusionConfig, gen: torch.Generator) -> None:
+def _drop_conditions(b: BufferBatch, cfg: DiffusionConfig, gen: torch.Generator) -> Tensor:
+    """Drop text and audio of random buffers; returns which lost their text `[B]`."""
     batch, device = b.x0.shape[0], b.x0.device
     drop_text = torch.rand(batch, generator=gen, device=device) < cfg.text_drop
     b.text_mask &= ~drop_text[:, None, None]
     b.text = b.text * (~drop_text)[:, None, None, None]
     drop_audio = torch.rand(batch, generator=gen, device=device) < cfg.audio_drop
     b.audio = b.audio * (~drop_audio)[:, None, None, None]
+    return drop_text
 
 
 def train_diffusion(
@@ -198,9 +211,13 @@ def train_diffusion(
     ema: EMA | None = None,
     progress: bool = True,
     piece_seconds: float = math.inf,
+    head: BehaviorHead | None = None,
 ) -> StageState:
     """Run a diffusion-forcing stage (resumable from `workdir/<name>/state.pt`) for at most
-    `piece_seconds` now; the schedule spans `cfg.steps` or `cfg.seconds`, whichever ends first."""
+    `piece_seconds` now; the schedule spans `cfg.steps` or `cfg.seconds`, whichever ends first.
+    `head`, frozen, reads the behavior readout term where `cfg.behavior_weight` asks for it."""
+    if cfg.behavior_weight > 0 and head is None:
+        raise ValueError(f"{cfg.name}: behavior_weight {cfg.behavior_weight} needs a behavior head")
     device = data.latents.device
     ema = ema or EMA(model, cfg.ema_decay)
     groups = [{"params": list(model.parameters()), "lr": cfg.lr, "base": cfg.lr}]
@@ -234,6 +251,7 @@ def train_diffusion(
             gen,
             use_gen_memory=i >= cfg.gen_memory_after and cfg.gen_memory_prob > 0,
             refine=cfg.refine_every > 0 and i % cfg.refine_every == 0,
+            head=head,
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -32,6 +32,13 @@ DATA_FILES = ("speech_train.npz", "speech_eval.npz", "text_table.pt")
 SEEDED_FROM_WORKDIR = ("vae/state.pt", "probe.pt", "latents.pt")
 
 
+# the loss terms that read the world's ground truth, and what they read of it
+WORLD_ONLY = {
+    "vae_control_weight": "each clip's ground-truth controls",
+    "behavior_weight": "the behavior each prompt commands",
+}
+
+
 def check_config(cfg: PipelineConfig, data_files: tuple[str, ...] = DATA_FILES) -> None:
     """What a run needs before it starts: the prepared data (`data_files` of the world's, or
     footage that suits the run: `check_footage`), and a source it can start from. Raises
@@ -53,8 +60,9 @@ def check_config(cfg: PipelineConfig, data_files: tuple[str, ...] = DATA_FILES) 
         raise ValueError("init_dit needs init_from: the checkpoint whose DiT to start from")
     if cfg.vae_continue and not cfg.init_from:
         raise ValueError("vae_continue needs init_from: the checkpoint whose VAE to go on training")
-    if cfg.vae_control_weight < 0:
-        raise ValueError(f"vae_control_weight must be >= 0, not {cfg.vae_control_weight}")
+    for name in WORLD_ONLY:
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be >= 0, not {getattr(cfg, name)}")
     if cfg.vae_control_weight > 0 and cfg.init_from and not cfg.vae_continue:
         raise ValueError(
             "vae_control_weight trains the VAE; with init_from the VAE is kept as it is "
@@ -99,11 +107,12 @@ def check_footage(cfg: PipelineConfig, data: Path) -> None:
         )
     if not (data / footage.TEXT_TABLE).is_file():
         raise FileNotFoundError(f"{data} lacks {footage.TEXT_TABLE}: prepare it again")
-    if cfg.vae_control_weight > 0:
-        raise ValueError(
-            "vae_control_weight reads each clip's ground-truth controls, which only the "
-            "synthetic world has; footage has none: leave it at 0"
-        )
+    for name, needs in WORLD_ONLY.items():
+        if getattr(cfg, name) > 0:
+            raise ValueError(
+                f"{name} reads {needs}, which only the synthetic world has; footage has none: "
+                "leave it at 0"
+            )
     if cfg.vae_decoder_seconds > 0 or cfg.vae_continue:
         footage.FootageClips(data, "eval")  # a held-out report; raises naming what is missing
 

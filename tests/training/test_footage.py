@@ -272,6 +272,8 @@ def test_a_footage_run_names_what_it_cannot_do_before_training(prepared, tmp_pat
     cfg = PipelineConfig(data=str(out), workdir=str(tmp_path / "w"), **FOOTAGE_BUDGETS)
     with pytest.raises(ValueError, match="vae_control_weight reads .* footage has none"):
         run_pipeline(replace(cfg, vae_control_weight=0.5))
+    with pytest.raises(ValueError, match="behavior_weight reads the behavior each prompt .* none"):
+        run_pipeline(replace(cfg, behavior_weight=0.5))
     vae_cfg = VAETrainConfig(preset="tiny", size=(32, 32), chunks=1, control_weight=0.5)
     with pytest.raises(ValueError, match="ground-truth controls, which only the synthetic world"):
         train_vae(vae_cfg, None, torch.device("cpu"), FootageClips(out), progress=False)

@@ -247,6 +247,19 @@ def test_a_continuation_goes_on_training_the_checkpoints_dit_and_decoder(main_ru
         assert same or (tuned["kept"] and name.startswith("decoder.")), name
 
 
+def test_a_continuation_with_the_behavior_readout_trains_its_head_first(main_run, tmp_path):
+    flags = dict(behavior_weight=0.5, behavior_head_seconds=1.0, stage3_seconds=0.0)
+    cfg = _continuation(main_run, tmp_path, "readout", eval_seconds=0.0, **flags)
+    result = run_pipeline(replace(cfg, teacher_eval_seconds=0.0))
+    head = result["behavior_head"]
+    assert head["steps"] > 0 and head["heldout_clips"] == 1
+    assert set(head["heldout_accuracy"]) == set(bh.BEHAVIOR_CHANNELS)
+    assert (tmp_path / "readout" / "behavior_head.pt").is_file()
+    assert result["stage2"]["steps"] > 0 and result["config"]["behavior_weight"] == 0.5
+    with pytest.raises(ValueError, match="behavior_weight must be >= 0, not -1.0"):
+        run_pipeline(replace(cfg, behavior_weight=-1.0))
+
+
 def test_a_continuation_can_go_on_training_the_checkpoints_vae(main_run, tmp_path):
     shipped = load_checkpoint(main_run[1])
     more = _continuation(main_run, tmp_path, "vae", vae_continue=True, vae_control_weight=0.5)
