@@ -4,12 +4,21 @@ pipeline, its evaluation, and evaluation reports side by side."""
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from flowact.options import DeviceOption
+
+
+class Phrasing(str, Enum):
+    """Which phrasings of the behavior prompts an evaluation gives."""
+
+    heldout = "heldout"
+    train = "train"
+
 
 train_app = typer.Typer(
     help="Train a renderer in the synthetic avatar world, or on your own footage.",
@@ -134,6 +143,13 @@ def evaluate(
             dir_okay=False,
         ),
     ] = None,
+    prompts: Annotated[
+        Phrasing,
+        typer.Option(
+            help="Phrasings of the behavior prompts: heldout (never trained on; the targets are "
+            "figures of these) or train (the same behaviors at the same times, as trained).",
+        ),
+    ] = Phrasing.heldout,
     probe_from: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(help="Read the frames with this checkpoint's probe (default: its own)."),
@@ -153,6 +169,7 @@ def evaluate(
         speech_bank=str(speech_bank) if speech_bank else None,
         guidance=guidance,
         text_table=str(text_table) if text_table else None,
+        prompts=prompts.value,
     )
     probe = None
     if probe_from is not None:

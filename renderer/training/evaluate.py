@@ -60,6 +60,9 @@ class EvalConfig:
     text_table: str | None = None  # .pt `[n_prompts, Dt]`; None: the preset's text encoder
     film_seconds: tuple[float, ...] = (0.5, 30.0, 150.0, 299.0)
     vae_seconds: float = 20.0  # ground truth through the VAE (the latent space's ceiling)
+    # the prompts' phrasings: "heldout" (never trained on, the targets' figures) or "train";
+    # both give the same behaviors at the same times, so the two readings compare
+    prompts: str = "heldout"
 
 
 @dataclass
@@ -115,7 +118,10 @@ def make_streams(cfg: EvalConfig, bank: list[np.ndarray]) -> EvalStreams:
     rng = np.random.default_rng(cfg.seed)
     chunks = max(2, int(cfg.seconds * FPS) // FRAMES_PER_CHUNK)
     frames = chunks * FRAMES_PER_CHUNK
-    tl_cfg = bh.TimelineConfig(*cfg.segment_chunks, idle_prob=0.25, heldout=True)
+    if cfg.prompts not in ("heldout", "train"):
+        raise ValueError(f"prompts must be 'heldout' or 'train', not {cfg.prompts!r}")
+    heldout = cfg.prompts == "heldout"
+    tl_cfg = bh.TimelineConfig(*cfg.segment_chunks, idle_prob=0.25, heldout=heldout)
     pcms, ctrls, timelines = [], [], []
     for _ in range(cfg.identities):
         pcm = eval_speech(chunks * SAMPLES_PER_CHUNK / 16000, rng, bank)

@@ -352,3 +352,25 @@ def test_compare_command_prints_the_table_and_names_bad_runs(tmp_path):
         [*cmd, f"x={tmp_path / 'none'}"], capture_output=True, text=True, timeout=120
     )
     assert gone.returncode == 2 and "no evaluation report at" in gone.stderr
+
+
+def test_training_phrasings_give_the_same_behaviors_at_the_same_times():
+    from flowact.renderer.training import evaluate as ev
+    from flowact.renderer.training import speech
+
+    rng = np.random.default_rng(0)
+    bank = [speech.syllable_speech(2.0, rng) for _ in range(2)]
+    _, train, heldout = bh.prompt_table()
+    streams = {
+        p: ev.make_streams(EvalConfig(seconds=30.0, identities=2, prompts=p), bank)
+        for p in ("heldout", "train")
+    }
+    for held, trained in zip(streams["heldout"].timeline, streams["train"].timeline, strict=True):
+        assert np.array_equal(held.behavior, trained.behavior) and (held.behavior >= 0).any()
+        for timeline, ids in ((held, heldout), (trained, train)):
+            on = timeline.behavior >= 0
+            for b, p in zip(timeline.behavior[on], timeline.prompt[on], strict=True):
+                assert p in ids[b]
+    assert np.array_equal(streams["heldout"].controls, streams["train"].controls)
+    with pytest.raises(ValueError, match="prompts must be 'heldout' or 'train', not 'both'"):
+        ev.make_streams(EvalConfig(seconds=1.0, identities=1, prompts="both"), bank)
