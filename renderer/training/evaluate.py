@@ -275,27 +275,75 @@ def behavior_name(b: int) -> str:
     return "idle" if b < 0 else bh.BEHAVIORS[b].name
 
 
-def behavior_confusion(
+def _steady_windows(
     controls: np.ndarray, behavior: np.ndarray, window: int, protos: dict[str, np.ndarray]
-) -> dict[str, dict[str, dict[str, int]]]:
-    """Per channel: commanded behavior -> what its windows were classified as -> how many.
-    The windows are those inside one commanded segment and past its ramp; every behavior of the
-    channel and idle is a row and a column."""
+):
+    """The windows every behavior metric reads: per channel and window start, those inside one
+    commanded segment and past its ramp. Yields (channel, start, which `[B]` bool, commanded
+    `[n]`, classified `[n]`) for the n streams whose window qualifies."""
     ramp = int(bh.RAMP_SECONDS * FPS) + 2
     t = controls.shape[1]
-    out = {}
     for ch, channel in enumerate(bh.BEHAVIOR_CHANNELS):
-        names = [behavior_name(b) for b in (-1, *bh.CHANNEL_BEHAVIORS[channel])]
-        table = out[channel] = {a: dict.fromkeys(names, 0) for a in names}
         for start in range(0, t - window + 1, window):
             span = behavior[:, max(0, start - ramp) : start + window, ch]  # [B, w + ramp]
             steady = (span == span[:, :1]).all(1)
             if not steady.any():
                 continue
             pred = bh.classify(controls[steady, start : start + window], channel, protos)
-            for a, b in zip(span[steady, 0].tolist(), pred.tolist(), strict=True):
-                table[behavior_name(a)][behavior_name(b)] += 1
+            yield channel, start, steady, span[steady, 0], pred
+
+
+def behavior_confusion(
+    controls: np.ndarray, behavior: np.ndarray, window: int, protos: dict[str, np.ndarray]
+) -> dict[str, dict[str, dict[str, int]]]:
+    """Per channel: commanded behavior -> what its windows were classified as -> how many.
+    The windows are `_steady_windows`; every behavior of the channel and idle is a row and a
+    column."""
+    out = {}
+    for channel in bh.BEHAVIOR_CHANNELS:
+        names = [behavior_name(b) for b in (-1, *bh.CHANNEL_BEHAVIORS[channel])]
+        out[channel] = {a: dict.fromkeys(names, 0) for a in names}
+    for channel, _, _, commanded, pred in _steady_windows(controls, behavior, window, protos):
+        for a, b in zip(commanded.tolist(), pred.tolist(), strict=True):
+            out[channel][behavior_name(a)][behavior_name(b)] += 1
     return out
+
+
+def segment_starts(behavior: np.ndarray) -> np.ndarray:
+    """Per stream, frame and channel, the frame its commanded segment began at `[B, T, P]`."""
+    t = behavior.shape[1]
+    change = np.ones(behavior.shape, bool)
+    change[:, 1:] = behavior[:, 1:] != behavior[:, :-1]
+    frames = np.arange(t)[None, :, None]
+    return np.maximum.accumulate(np.where(change, frames, 0), axis=1)
+
+
+def behavior_onset(
+    controls: np.ndarray,
+    behavior: np.ndarray,
+    window: int,
+    protos: dict[str, np.ndarray],
+    bins: int = 5,
+) -> dict[str, list]:
+    """How soon a command is followed: of the windows of commanded behaviors (idle left out),
+    the share classified as commanded, by how long after the command the window starts (in
+    whole windows; the last bin pools the rest). `{"seconds": bin starts, "accuracy",
+    "windows"}`; an empty bin's accuracy is NaN."""
+    starts = segment_starts(behavior)
+    hits, total = np.zeros(bins), np.zeros(bins)
+    for channel, start, steady, commanded, pred in _steady_windows(
+        controls, behavior, window, protos
+    ):
+        ch = bh.BEHAVIOR_CHANNELS.index(channel)
+        late = np.minimum((start - starts[steady, start, ch]) // window, bins - 1)
+        on = commanded >= 0
+        np.add.at(total, late[on], 1)
+        np.add.at(hits, late[on], (pred == commanded)[on])
+    return {
+        "seconds": [k * window / FPS for k in range(bins)],
+        "accuracy": [_share(int(h), int(n)) for h, n in zip(hits, total, strict=True)],
+        "windows": total.astype(int).tolist(),
+    }
 
 
 def confusion_hits(table: dict[str, dict[str, int]]) -> tuple[int, int]:
@@ -383,6 +431,10 @@ def compute_report(r: StreamReadings, cfg: EvalConfig) -> EvalReport:
         kind: behavior_confusion(c, r.behavior, cfg.window, protos)
         for kind, c in (("generated", r.gen_controls), ("ground_truth", r.gt_controls))
     }
+    onset = {
+        kind: behavior_onset(c, r.behavior, cfg.window, protos)
+        for kind, c in (("generated", r.gen_controls), ("ground_truth", r.gt_controls))
+    }
     by_kind = {kind: confusion_accuracy(tables)[1] for kind, tables in confusion.items()}
     channels = {ch: {kind: by_kind[kind][ch] for kind in by_kind} for ch in bh.BEHAVIOR_CHANNELS}
     return EvalReport(
@@ -392,6 +444,7 @@ def compute_report(r: StreamReadings, cfg: EvalConfig) -> EvalReport:
         asdict(cfg),
         behavior_channels=channels,
         behavior_confusion=confusion,
+        behavior_onset=onset,
     )
 
 

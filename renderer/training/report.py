@@ -32,6 +32,9 @@ class EvalReport:
     # what each commanded behavior was read as, per channel (`behavior_confusion`):
     # {"generated", "ground_truth"} -> channel -> commanded -> classified -> windows
     behavior_confusion: dict[str, dict] = field(default_factory=dict)
+    # how soon commands are followed (`behavior_onset`): {"generated", "ground_truth"} ->
+    # {"seconds", "accuracy", "windows"}
+    behavior_onset: dict[str, dict] = field(default_factory=dict)
 
     def table(self) -> str:
         columns = ["metric", "generated", "ground truth"]
@@ -155,6 +158,25 @@ def plot_comparison(reports: dict[str, EvalReport], metric: str, out: str | Path
     return out
 
 
+def _plot_onset(plt, onset: dict[str, dict], path: Path) -> Path:
+    """Share of windows read as commanded against the time since the command."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for kind, style in (("generated", "o-"), ("ground_truth", "s--")):
+        if kind in onset:
+            seconds = onset[kind]["seconds"]
+            ax.plot(seconds, onset[kind]["accuracy"], style, label=kind.replace("_", " "))
+    ax.set_xticks(seconds, [f"{s:.1f}" for s in seconds[:-1]] + [f"{seconds[-1]:.1f}+"])
+    ax.set_xlabel("window starts this long after the command (s)")
+    ax.set_ylabel("behavior accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def write_plots(report: EvalReport, film: list[np.ndarray], out_dir: Path) -> list[Path]:
     """One PNG per metric over stream time, the behavior confusion, and a film strip of
     `film` (per moment `[B, 3, H, 2W]`: generated | ground truth side by side)."""
@@ -192,6 +214,8 @@ def write_plots(report: EvalReport, film: list[np.ndarray], out_dir: Path) -> li
         paths.append(out_dir / "vae_psnr.png")
         fig.savefig(paths[-1], dpi=100)
         plt.close(fig)
+    if report.behavior_onset:
+        paths.append(_plot_onset(plt, report.behavior_onset, out_dir / "behavior_onset.png"))
     if report.behavior_confusion:
         confusion = dict(report.behavior_confusion)
         if "behavior_confusion" in report.vae:

@@ -183,6 +183,10 @@ def test_run_eval_writes_a_table_and_reports(tmp_path):
     assert set(report.behavior_confusion["generated"]) == set(bh.BEHAVIOR_CHANNELS)
     assert loaded.behavior_confusion == report.behavior_confusion
     assert (tmp_path / "eval" / "behavior_confusion.png").stat().st_size > 0
+    assert str(loaded.behavior_onset) == str(report.behavior_onset)  # NaN: an empty bin
+    onset = report.behavior_onset["generated"]
+    assert len(onset["seconds"]) == len(onset["accuracy"]) == len(onset["windows"]) == 5
+    assert (tmp_path / "eval" / "behavior_onset.png").stat().st_size > 0
     assert "| behavior: face |" in (tmp_path / "eval" / "report.md").read_text()
     assert len(report.bins["identity_drift"]["generated"]) >= 2
     assert report.overall["identity_drift"]["generated"] > 0
@@ -235,6 +239,28 @@ def test_behavior_accuracy_pools_the_channels_and_tells_them_apart():
         pooled,
         sum(n for _, n in counts.values()),
     )
+
+
+def test_a_late_response_reads_low_right_after_the_command_and_catches_up():
+    from flowact.renderer.training.evaluate import behavior_onset, segment_starts
+
+    behavior = np.array([[-1, -1, 3, 3, 3, 5, 5]])[..., None]  # [B=1, T=7, P=1]
+    assert segment_starts(behavior)[0, :, 0].tolist() == [0, 0, 2, 2, 2, 5, 5]
+    rng = np.random.default_rng(0)
+    frames = 60 * tb.FRAMES_PER_CHUNK
+    cfg = bh.TimelineConfig(6, 10, idle_prob=0.25, heldout=True)
+    timelines = [bh.sample_timeline(frames, rng, cfg) for _ in range(3)]
+    controls = np.stack([bh.controls_for(t, np.zeros(frames, np.float32), rng) for t in timelines])
+    behavior = np.stack([t.behavior for t in timelines])
+    protos, window = bh.prototypes(), 2 * tb.FRAMES_PER_CHUNK
+    prompt = behavior_onset(controls, behavior, window, protos, bins=4)
+    late = np.concatenate([controls[:, :window].copy(), controls[:, :-window]], 1)  # 0.96 s late
+    slow = behavior_onset(late, behavior, window, protos, bins=4)
+    assert prompt["seconds"] == [0.0, 0.96, 1.92, 2.88]
+    assert prompt["windows"] == slow["windows"] and min(prompt["windows"]) > 0
+    assert min(prompt["accuracy"]) > 0.85  # the truth follows at once
+    # a window right after the command shows what came before it; by the third it has caught up
+    assert slow["accuracy"][0] < 0.4 < 0.85 < slow["accuracy"][2]
 
 
 def test_eval_command_reads_with_another_checkpoints_probe(tmp_path):
