@@ -150,6 +150,18 @@ def evaluate(
             "figures of these) or train (the same behaviors at the same times, as trained).",
         ),
     ] = Phrasing.heldout,
+    anchors: Annotated[
+        bool,
+        typer.Option(help="Give prompts through the checkpoint's prompt anchors, if it has them."),
+    ] = True,
+    anchor_temperature: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            help="Anchor prompts at this temperature (0: the nearest trained phrasing), over the "
+            "world's training phrasings where the checkpoint names none.",
+            min=0.0,
+        ),
+    ] = None,
     probe_from: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(help="Read the frames with this checkpoint's probe (default: its own)."),
@@ -170,6 +182,8 @@ def evaluate(
         guidance=guidance,
         text_table=str(text_table) if text_table else None,
         prompts=prompts.value,
+        anchors=anchors,
+        anchor_temperature=anchor_temperature,
     )
     probe = None
     if probe_from is not None:

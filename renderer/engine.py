@@ -27,6 +27,7 @@ from torch import Tensor
 
 from flowact.renderer import audio as audio_mod
 from flowact.renderer import vae as vae_mod
+from flowact.renderer.anchors import SPEC_KEY, PromptAnchors
 from flowact.renderer.buffer import ChunkCondition
 from flowact.renderer.jpeg import JpegEncoder, PilJpegEncoder
 from flowact.renderer.model import FlowActMMDiT
@@ -59,6 +60,7 @@ class RendererParts:
     vae: vae_mod.CausalVideoVAE
     audio: audio_mod.LogMelAudioEncoder
     text: HashTextEncoder | MiniLMTextEncoder
+    anchors: PromptAnchors | None = None  # the checkpoint's trained phrasings, if it names them
     micro_steps: int = 1
     guidance: float | None = None  # CFG scale for a model with a guidance embedding
     shift: float = 3.0  # noise-schedule shift of the sampler
@@ -108,6 +110,8 @@ class RendererParts:
         self.micro_steps = sampling.get("micro_steps", self.micro_steps)
         self.guidance = sampling.get("guidance", self.guidance)
         self.shift = sampling.get("shift", self.shift)
+        if SPEC_KEY in sampling:
+            self.anchors = PromptAnchors.from_spec(sampling[SPEC_KEY], self.text.encode)
         self.trained = True
         log.info("renderer weights loaded", path=str(directory), **sampling)
 
@@ -290,7 +294,10 @@ class SessionRenderer:
         for slot, channel in enumerate(BEHAVIOR_CHANNELS):
             prompts = plan.prompts.get(channel, ())  # type: ignore[call-overload]
             if prompts:
-                embedding = self.parts.text.encode(list(prompts)).mean(0)  # [Dt]
+                embeddings = self.parts.text.encode(list(prompts))  # [n, Dt]
+                if self.parts.anchors is not None:
+                    embeddings = self.parts.anchors.apply(embeddings, channel)
+                embedding = embeddings.mean(0)  # [Dt]
                 text[:, :, slot] = torch.nn.functional.normalize(embedding, dim=0).to(device)
                 mask[:, :, slot] = True
         return ChunkCondition(plan.index, audio, text, mask)

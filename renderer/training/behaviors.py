@@ -164,6 +164,15 @@ def prompt_table() -> tuple[list[str], dict[int, list[int]], dict[int, list[int]
     return texts, train, heldout
 
 
+def training_phrasings() -> dict[str, list[str]]:
+    """Per behavior channel, the phrasings the world trains on (what a world-trained
+    checkpoint's prompt anchors name)."""
+    return {
+        ch: [p for b in CHANNEL_BEHAVIORS[ch] for p in BEHAVIORS[b].prompts]
+        for ch in BEHAVIOR_CHANNELS
+    }
+
+
 def heldout_neighbours(table: np.ndarray) -> list[dict]:
     """How a text encoder places each held-out paraphrase: `table` `[len(prompts), D]` holds the
     embeddings of `prompt_table()`'s strings. Per held-out prompt, the behavior whose training

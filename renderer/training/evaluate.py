@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from flowact.renderer.anchors import SPEC_KEY, PromptAnchors, anchor_spec, table_encoder
 from flowact.renderer.buffer import ChunkCondition
 from flowact.renderer.sampler import FlowMatchEulerSampler
 from flowact.renderer.stream import StreamConfig, StreamingGenerator
@@ -60,6 +61,11 @@ class EvalConfig:
     text_table: str | None = None  # .pt `[n_prompts, Dt]`; None: the preset's text encoder
     film_seconds: tuple[float, ...] = (0.5, 30.0, 150.0, 299.0)
     vae_seconds: float = 20.0  # ground truth through the VAE (the latent space's ceiling)
+    # prompt anchoring (`flowact.renderer.anchors`): the checkpoint's if it has them; with a
+    # temperature, at that temperature (over the world's training phrasings if the checkpoint
+    # names none); anchors=False: none
+    anchors: bool = True
+    anchor_temperature: float | None = None
     # the prompts' phrasings: "heldout" (never trained on, the targets' figures) or "train";
     # both give the same behaviors at the same times, so the two readings compare
     prompts: str = "heldout"
@@ -136,8 +142,32 @@ def make_streams(cfg: EvalConfig, bank: list[np.ndarray]) -> EvalStreams:
 # ------------------------------------------------------------------------------- generation
 
 
+def eval_anchors(bundle: Bundle, table: Tensor, cfg: EvalConfig) -> PromptAnchors | None:
+    """The prompt anchors an evaluation gives prompts through (`EvalConfig.anchors`), their
+    phrasings looked up in the prompt table."""
+    spec = bundle.sampling.get(SPEC_KEY)
+    if not cfg.anchors or (spec is None and cfg.anchor_temperature is None):
+        return None
+    if spec is None:
+        spec = anchor_spec(bh.training_phrasings())
+    if cfg.anchor_temperature is not None:
+        spec = {**spec, "temperature": cfg.anchor_temperature}
+    return PromptAnchors.from_spec(spec, table_encoder(bh.prompt_table()[0], table))
+
+
+def anchored_ids(table: Tensor, prompts: Tensor, anchors: PromptAnchors | None):
+    """A table and prompt ids `[..., P]` in which each channel's prompts are anchored: the table
+    stacked once per channel `[P * n, D]`, slot p's ids moved into its p-th copy."""
+    if anchors is None:
+        return table, prompts
+    n = table.shape[0]
+    stacked = torch.cat([anchors.apply(table, ch) for ch in bh.BEHAVIOR_CHANNELS])
+    offsets = torch.arange(len(bh.BEHAVIOR_CHANNELS), device=prompts.device) * n
+    return stacked, torch.where(prompts >= 0, prompts + offsets, -1)
+
+
 def _conditions(
-    bundle: Bundle, streams: EvalStreams, table: Tensor, device
+    bundle: Bundle, streams: EvalStreams, table: Tensor, device, anchors: PromptAnchors | None
 ) -> list[ChunkCondition]:
     cfg = bundle.config
     with torch.no_grad():
@@ -147,7 +177,8 @@ def _conditions(
     centre = FRAMES_PER_CHUNK // 2
     prompts = torch.from_numpy(
         np.stack([t.prompt[centre::FRAMES_PER_CHUNK] for t in streams.timeline])
-    )
+    )  # [B, chunks, P]
+    table, prompts = anchored_ids(table, prompts, anchors)
     out = []
     for k in range(streams.chunks + cfg.stream_chunks):
         if k < streams.chunks:
@@ -182,7 +213,7 @@ def generate_and_read(
     neutral = torch.from_numpy(bh.neutral_controls(1)).to(device).expand(b, 1, -1)
     ref_frame = world.render(identity, neutral, size)  # [B, 1, 3, H, W]
     reference = bundle.vae.encode(ref_frame)  # [B, 1, C, h, w]
-    conditions = _conditions(bundle, streams, table, device)
+    conditions = _conditions(bundle, streams, table, device, eval_anchors(bundle, table, cfg))
     gen.start(
         reference, conditions[: mc.stream_chunks], torch.Generator(device).manual_seed(cfg.seed)
     )
