@@ -40,6 +40,7 @@ import numpy as np
 import structlog
 import torch
 
+from flowact.renderer.anchors import SPEC_KEY, anchor_spec
 from flowact.renderer.engine import AUDIO_PRESET, VAE_PRESET, audio_encoder_for
 from flowact.renderer.media import encode_png
 from flowact.renderer.model import FlowActMMDiT, count_parameters
@@ -143,6 +144,9 @@ class PipelineConfig:
     # its head trains on the latents first (behavior_readout.py); 0 = no term
     behavior_weight: float = 0.0
     behavior_head_seconds: float = 60.0
+    # prompt anchoring in the checkpoint's sampling.json (`flowact.renderer.anchors`): the
+    # world's training phrasings at this temperature; None = none
+    anchor_temperature: float | None = None
     compile: bool = False  # torch.compile the DiT blocks in stages 1-3 (fuses elementwise work)
     eval_seconds: float = 600.0
     eval_identities: int = 4
@@ -327,6 +331,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         "refine_every": cfg.refine_every,
         "text_encoder": "auto",
     }
+    if cfg.anchor_temperature is not None:
+        sampling[SPEC_KEY] = anchor_spec(bh.training_phrasings(), cfg.anchor_temperature)
     final = student_ema.model
     before_dmd = None
     done = st3.seconds >= d.seconds - 1

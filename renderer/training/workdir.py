@@ -68,6 +68,8 @@ def check_config(cfg: PipelineConfig, data_files: tuple[str, ...] = DATA_FILES) 
             "vae_control_weight trains the VAE; with init_from the VAE is kept as it is "
             "unless vae_continue goes on training it"
         )
+    if cfg.anchor_temperature is not None and cfg.anchor_temperature < 0:
+        raise ValueError(f"anchor_temperature must be >= 0, not {cfg.anchor_temperature}")
     if not cfg.init_from:
         return
     source, seeded = Path(cfg.init_from), (Path(cfg.workdir) / "vae" / "state.pt").is_file()
@@ -113,6 +115,11 @@ def check_footage(cfg: PipelineConfig, data: Path) -> None:
                 f"{name} reads {needs}, which only the synthetic world has; footage has none: "
                 "leave it at 0"
             )
+    if cfg.anchor_temperature is not None:
+        raise ValueError(
+            "anchor_temperature anchors prompts on the world's training phrasings; anchoring on "
+            "footage's own phrasings is not built yet: leave it out"
+        )
     if cfg.vae_decoder_seconds > 0 or cfg.vae_continue:
         footage.FootageClips(data, "eval")  # a held-out report; raises naming what is missing
 

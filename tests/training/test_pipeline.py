@@ -248,9 +248,12 @@ def test_a_continuation_goes_on_training_the_checkpoints_dit_and_decoder(main_ru
 
 
 def test_a_continuation_with_the_behavior_readout_trains_its_head_first(main_run, tmp_path):
-    flags = dict(behavior_weight=0.5, behavior_head_seconds=1.0, stage3_seconds=0.0)
+    flags = dict(behavior_weight=0.5, behavior_head_seconds=1.0, anchor_temperature=0.0)
     cfg = _continuation(main_run, tmp_path, "readout", eval_seconds=0.0, **flags)
     result = run_pipeline(replace(cfg, teacher_eval_seconds=0.0))
+    # the checkpoint names the world's training phrasings as its prompt anchors
+    anchors = load_checkpoint(tmp_path / "readout_ckpt").sampling["prompt_anchors"]
+    assert anchors == {"temperature": 0.0, "prompts": bh.training_phrasings()}
     head = result["behavior_head"]
     assert head["steps"] > 0 and head["heldout_clips"] == 1
     assert set(head["heldout_accuracy"]) == set(bh.BEHAVIOR_CHANNELS)
@@ -258,6 +261,8 @@ def test_a_continuation_with_the_behavior_readout_trains_its_head_first(main_run
     assert result["stage2"]["steps"] > 0 and result["config"]["behavior_weight"] == 0.5
     with pytest.raises(ValueError, match="behavior_weight must be >= 0, not -1.0"):
         run_pipeline(replace(cfg, behavior_weight=-1.0))
+    with pytest.raises(ValueError, match="anchor_temperature must be >= 0, not -0.5"):
+        run_pipeline(replace(cfg, anchor_temperature=-0.5))
 
 
 def test_a_continuation_can_go_on_training_the_checkpoints_vae(main_run, tmp_path):
