@@ -199,6 +199,18 @@ def test_run_eval_writes_a_table_and_reports(tmp_path):
     assert (tmp_path / "eval" / "vae_psnr.png").stat().st_size > 0
 
 
+def _commanded_streams(chunks: int, segment_chunks: tuple[int, int]):
+    """3 streams of ground-truth controls under random commands: controls `[3, T, K]`,
+    commanded behaviors `[3, T, P]`, the classifier's prototypes and its window."""
+    rng = np.random.default_rng(0)
+    frames = chunks * tb.FRAMES_PER_CHUNK
+    cfg = bh.TimelineConfig(*segment_chunks, idle_prob=0.25, heldout=True)
+    timelines = [bh.sample_timeline(frames, rng, cfg) for _ in range(3)]
+    controls = np.stack([bh.controls_for(t, np.zeros(frames, np.float32), rng) for t in timelines])
+    behavior = np.stack([t.behavior for t in timelines])
+    return controls, behavior, bh.prototypes(), 2 * tb.FRAMES_PER_CHUNK
+
+
 def test_behavior_accuracy_pools_the_channels_and_tells_them_apart():
     from flowact.renderer.training.evaluate import (
         behavior_accuracy,
@@ -207,13 +219,7 @@ def test_behavior_accuracy_pools_the_channels_and_tells_them_apart():
         behavior_hits,
     )
 
-    rng = np.random.default_rng(0)
-    frames = 40 * tb.FRAMES_PER_CHUNK
-    cfg = bh.TimelineConfig(3, 5, idle_prob=0.25, heldout=True)
-    timelines = [bh.sample_timeline(frames, rng, cfg) for _ in range(3)]
-    controls = np.stack([bh.controls_for(t, np.zeros(frames, np.float32), rng) for t in timelines])
-    behavior = np.stack([t.behavior for t in timelines])
-    protos, window = bh.prototypes(), 2 * tb.FRAMES_PER_CHUNK
+    controls, behavior, protos, window = _commanded_streams(40, (3, 5))
     assert all(v > 0.9 for v in behavior_by_channel(controls, behavior, window, protos).values())
     flat = controls.copy()
     for name in ("smile", "brows", "eyes"):  # a face that never moves
@@ -246,13 +252,7 @@ def test_a_late_response_reads_low_right_after_the_command_and_catches_up():
 
     behavior = np.array([[-1, -1, 3, 3, 3, 5, 5]])[..., None]  # [B=1, T=7, P=1]
     assert segment_starts(behavior)[0, :, 0].tolist() == [0, 0, 2, 2, 2, 5, 5]
-    rng = np.random.default_rng(0)
-    frames = 60 * tb.FRAMES_PER_CHUNK
-    cfg = bh.TimelineConfig(6, 10, idle_prob=0.25, heldout=True)
-    timelines = [bh.sample_timeline(frames, rng, cfg) for _ in range(3)]
-    controls = np.stack([bh.controls_for(t, np.zeros(frames, np.float32), rng) for t in timelines])
-    behavior = np.stack([t.behavior for t in timelines])
-    protos, window = bh.prototypes(), 2 * tb.FRAMES_PER_CHUNK
+    controls, behavior, protos, window = _commanded_streams(60, (6, 10))
     prompt = behavior_onset(controls, behavior, window, protos, bins=4)
     late = np.concatenate([controls[:, :window].copy(), controls[:, :-window]], 1)  # 0.96 s late
     slow = behavior_onset(late, behavior, window, protos, bins=4)
