@@ -214,9 +214,18 @@ def compare(
     metric: Annotated[
         str, typer.Option(help="lipsync, behavior, identity_drift, control_jitter or seam_ratio.")
     ] = "identity_drift",
+    channels: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Also a PNG of behavior accuracy per channel, run by run."),
+    ] = None,
 ) -> None:
     """Evaluation reports of several runs side by side: a table and one plot over stream time."""
-    from flowact.renderer.training.report import EvalReport, compare_table, plot_comparison
+    from flowact.renderer.training.report import (
+        EvalReport,
+        compare_table,
+        plot_channels,
+        plot_comparison,
+    )
 
     reports = {}
     for run in runs:
@@ -232,3 +241,8 @@ def compare(
         raise typer.BadParameter(f"no {metric!r} in {', '.join(missing)}", param_hint="--metric")
     typer.echo(compare_table(reports))
     typer.echo(f"plot in {plot_comparison(reports, metric, out)}")
+    if channels is not None:
+        try:
+            typer.echo(f"channels in {plot_channels(reports, channels)}")
+        except ValueError as err:
+            raise typer.BadParameter(str(err), param_hint="--channels") from None

@@ -158,6 +158,45 @@ def plot_comparison(reports: dict[str, EvalReport], metric: str, out: str | Path
     return out
 
 
+def plot_channels(reports: dict[str, EvalReport], out: str | Path) -> Path:
+    """One PNG of behavior accuracy, overall and per channel, for several runs side by side,
+    with the first run's ground truth; a run whose report has no channels is refused."""
+    missing = [name for name, r in reports.items() if not r.behavior_channels]
+    if missing:
+        raise ValueError(f"no behavior channels in {', '.join(missing)}")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = next(iter(reports.values()))
+    groups = ["all", *first.behavior_channels]
+
+    def bars(report: EvalReport, which: str) -> list[float]:
+        channels = report.behavior_channels
+        return [report.overall["behavior"][which], *(channels[c][which] for c in groups[1:])]
+
+    series = {name: bars(r, "generated") for name, r in reports.items()}
+    series["ground truth"] = bars(first, "ground_truth")
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    width = 0.8 / len(series)
+    for i, (name, values) in enumerate(series.items()):
+        x = np.arange(len(groups)) + (i - (len(series) - 1) / 2) * width
+        kw = {"color": "0.75"} if name == "ground truth" else {}
+        ax.bar(x, values, width, label=name, **kw)
+    ax.set_xticks(np.arange(len(groups)), groups)
+    ax.set_ylabel("behavior accuracy")
+    ax.set_ylim(0, 1.05)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def _plot_onset(plt, onset: dict[str, dict], path: Path) -> Path:
     """Share of windows read as commanded against the time since the command."""
     fig, ax = plt.subplots(figsize=(6, 3.2))

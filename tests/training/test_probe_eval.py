@@ -26,7 +26,12 @@ from flowact.renderer.training.probe import (
     probe_loss,
     read_frames,
 )
-from flowact.renderer.training.report import EvalReport, compare_table, plot_comparison
+from flowact.renderer.training.report import (
+    EvalReport,
+    compare_table,
+    plot_channels,
+    plot_comparison,
+)
 from flowact.renderer.weights import read_index
 from flowact.schemas import timebase as tb
 
@@ -350,6 +355,12 @@ def test_reports_compare_side_by_side(tmp_path):
     assert table[-2] == "| drift, min 0-5 | 2.700 |  | 0.500 |"
     assert table[-1] == "| drift, min 5-10 | 5.000 |  | 0.500 |"
     png = plot_comparison({"rising": loaded, "short": short}, "identity_drift", tmp_path / "d.png")
+    channels = {"generated": 0.5, "ground_truth": 0.9}
+    for report in (rising, short):
+        report.overall["behavior"] = {"generated": 0.4, "ground_truth": 0.9}
+        report.behavior_channels = {ch: dict(channels) for ch in bh.BEHAVIOR_CHANNELS}
+    bars = plot_channels({"rising": rising, "short": short}, tmp_path / "channels.png")
+    assert bars.stat().st_size > 0
     assert png.stat().st_size > 0
     with pytest.raises(FileNotFoundError, match="no evaluation report at"):
         EvalReport.load(tmp_path / "nothing")
@@ -372,6 +383,14 @@ def test_compare_command_prints_the_table_and_names_bad_runs(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "| lipsync | 0.500 | 0.250 | 0.970 |" in done.stdout
     assert (tmp_path / "c.png").stat().st_size > 0
+    # runs whose reports hold no channels cannot be drawn by channel, and say so
+    no_channels = subprocess.run(
+        [*cmd, f"a={tmp_path / 'a'}", "--out", str(tmp_path / "c.png"), "--channels", "x.png"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert no_channels.returncode == 2 and "no behavior channels in a" in no_channels.stderr
     bad = subprocess.run([*cmd, "a"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "'a' is not NAME=DIR" in bad.stderr
     gone = subprocess.run(
