@@ -113,7 +113,9 @@ class RendererParts:
         if SPEC_KEY in sampling:
             self.anchors = PromptAnchors.from_spec(sampling[SPEC_KEY], self.text.encode)
         self.trained = True
-        log.info("renderer weights loaded", path=str(directory), **sampling)
+        settings = {k: v for k, v in sampling.items() if k != SPEC_KEY}
+        anchored = sum(len(a) for a in self.anchors.embeddings.values()) if self.anchors else 0
+        log.info("renderer weights loaded", path=str(directory), anchors=anchored, **settings)
 
     @property
     def device(self) -> torch.device:
