@@ -186,9 +186,10 @@ def plot_channels(reports: dict[str, EvalReport], out: str | Path) -> Path:
         ax.bar(x, values, width, label=name, **kw)
     ax.set_xticks(np.arange(len(groups)), groups)
     ax.set_ylabel("behavior accuracy")
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.22)  # the legend sits above the bars
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, ncol=len(series), loc="upper center")
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
