@@ -128,6 +128,16 @@ def _drift_ratio(report: EvalReport, which: str = "generated") -> float | None:
     return series[late] / series[early]
 
 
+def _save(plt, fig, out: str | Path) -> Path:
+    """Lay `fig` out, write it to `out` as a PNG (making its folder) and close it."""
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def plot_comparison(reports: dict[str, EvalReport], metric: str, out: str | Path) -> Path:
     """One PNG of `metric` over stream time for several runs, the first run's ground truth
     dashed."""
@@ -150,12 +160,7 @@ def plot_comparison(reports: dict[str, EvalReport], metric: str, out: str | Path
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def plot_channels(reports: dict[str, EvalReport], out: str | Path) -> Path:
@@ -190,12 +195,7 @@ def plot_channels(reports: dict[str, EvalReport], out: str | Path) -> Path:
     ax.set_yticks(np.linspace(0, 1, 6))
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, ncol=len(series), loc="upper center")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def _plot_onset(plt, onset: dict[str, dict], path: Path) -> Path:
@@ -211,10 +211,7 @@ def _plot_onset(plt, onset: dict[str, dict], path: Path) -> Path:
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def write_plots(report: EvalReport, film: list[np.ndarray], out_dir: Path) -> list[Path]:
