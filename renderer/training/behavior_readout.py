@@ -51,12 +51,12 @@ def channel_classes() -> tuple[int, ...]:
 def prompt_classes() -> Tensor:
     """Class index within its channel of every prompt id of `prompt_table()`, `[n_prompts]`
     (1 = the channel's first behavior; 0, idle, is what no prompt means)."""
-    _, train, heldout = bh.prompt_table()
-    out = torch.zeros(sum(len(v) for v in train.values()) + sum(len(v) for v in heldout.values()))
+    texts, train, heldout = bh.prompt_table()
+    out = torch.zeros(len(texts), dtype=torch.long)
     for ch in bh.BEHAVIOR_CHANNELS:
         for rank, b in enumerate(bh.CHANNEL_BEHAVIORS[ch]):
             out[train[b] + heldout[b]] = rank + 1
-    return out.long()
+    return out
 
 
 def chunk_labels(prompt: Tensor) -> Tensor:
@@ -122,23 +122,25 @@ class BehaviorHeadConfig:
 
 
 def _chunk_batch(
-    data: LatentSet, lpc: int, rows: Tensor, chunks: Tensor
+    data: LatentSet, labels: Tensor, lpc: int, rows: Tensor, chunks: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Chunk latents `[B, L, C, h, w]`, reference `[B, C, h, w]`, labels `[B, P]`."""
+    """Chunk latents `[B, L, C, h, w]`, reference `[B, C, h, w]`, and their rows of `labels`
+    (`chunk_labels` of the whole set, `[N, chunks, P]`): `[B, P]`."""
     cols = 1 + chunks[:, None] * lpc + torch.arange(lpc, device=rows.device)  # [B, L]
     latents = data.latents[rows[:, None], cols].float()
-    return latents, data.latents[rows, 0].float(), chunk_labels(data.prompt[rows, chunks])
+    return latents, data.latents[rows, 0].float(), labels[rows, chunks]
 
 
 @torch.no_grad()
 def head_accuracy(head: BehaviorHead, data: LatentSet, lpc: int, rows: Tensor) -> dict:
     """Per channel, the share of the chunks of clips `rows` read as their commanded class."""
+    all_labels = chunk_labels(data.prompt)
     hits = torch.zeros(len(head.classes))
     total = 0
     for r in rows.split(16):
         chunks = torch.arange(data.chunks, device=r.device).repeat(len(r))
         rr = r.repeat_interleave(data.chunks)
-        latents, reference, labels = _chunk_batch(data, lpc, rr, chunks)
+        latents, reference, labels = _chunk_batch(data, all_labels, lpc, rr, chunks)
         for i, part in enumerate(head.split(head(latents, reference))):
             hits[i] += (part.argmax(-1) == labels[:, i]).sum().cpu()
         total += len(rr)
@@ -151,7 +153,7 @@ def train_behavior_head(
     """Fit a head to `data`'s ground-truth latents; returns it frozen (eval mode, no grads)
     and a report: steps, seconds, final loss, held-out accuracy per channel and their mean."""
     device = data.latents.device
-    chunk_labels(data.prompt)  # refuses labels that are not the world's before any step
+    all_labels = chunk_labels(data.prompt)  # refuses ids that are not the world's, at once
     n_held = max(1, int(len(data) * cfg.heldout_share))
     if len(data) - n_held < 1:
         raise ValueError(f"the behavior head needs 2 clips or more; the latent set has {len(data)}")
@@ -167,7 +169,7 @@ def train_behavior_head(
             break
         pick = torch.randint(len(train_rows), (cfg.batch,), generator=gen, device=device)
         chunks = torch.randint(data.chunks, (cfg.batch,), generator=gen, device=device)
-        latents, reference, labels = _chunk_batch(data, lpc, train_rows[pick], chunks)
+        latents, reference, labels = _chunk_batch(data, all_labels, lpc, train_rows[pick], chunks)
         level = torch.rand(cfg.batch, 1, 1, 1, 1, generator=gen, device=device) * cfg.noise
         noise = torch.randn(latents.shape, generator=gen, device=device)
         latents = (1 - level) * latents + level * noise

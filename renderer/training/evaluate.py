@@ -330,11 +330,15 @@ def behavior_confusion(
     """Per channel: commanded behavior -> what its windows were classified as -> how many.
     The windows are `_steady_windows`; every behavior of the channel and idle is a row and a
     column."""
+    return _confusion(_steady_windows(controls, behavior, window, protos))
+
+
+def _confusion(windows) -> dict[str, dict[str, dict[str, int]]]:
     out = {}
     for channel in bh.BEHAVIOR_CHANNELS:
         names = [behavior_name(b) for b in (-1, *bh.CHANNEL_BEHAVIORS[channel])]
         out[channel] = {a: dict.fromkeys(names, 0) for a in names}
-    for channel, _, _, commanded, pred in _steady_windows(controls, behavior, window, protos):
+    for channel, _, _, commanded, pred in windows:
         for a, b in zip(commanded.tolist(), pred.tolist(), strict=True):
             out[channel][behavior_name(a)][behavior_name(b)] += 1
     return out
@@ -360,11 +364,13 @@ def behavior_onset(
     the share classified as commanded, by how long after the command the window starts (in
     whole windows; the last bin pools the rest). `{"seconds": bin starts, "accuracy",
     "windows"}`; an empty bin's accuracy is NaN."""
+    return _onset(_steady_windows(controls, behavior, window, protos), behavior, window, bins)
+
+
+def _onset(windows, behavior: np.ndarray, window: int, bins: int = 5) -> dict[str, list]:
     starts = segment_starts(behavior)
     hits, total = np.zeros(bins), np.zeros(bins)
-    for channel, start, steady, commanded, pred in _steady_windows(
-        controls, behavior, window, protos
-    ):
+    for channel, start, steady, commanded, pred in windows:
         ch = bh.BEHAVIOR_CHANNELS.index(channel)
         late = np.minimum((start - starts[steady, start, ch]) // window, bins - 1)
         on = commanded >= 0
@@ -458,14 +464,13 @@ def compute_report(r: StreamReadings, cfg: EvalConfig) -> EvalReport:
         m: {"generated": [g[m] for g, _ in per], "ground_truth": [t[m] for _, t in per]}
         for m in METRICS
     }
-    confusion = {
-        kind: behavior_confusion(c, r.behavior, cfg.window, protos)
+    # every window classified once per kind, read by the confusion and by the onset
+    windows = {
+        kind: list(_steady_windows(c, r.behavior, cfg.window, protos))
         for kind, c in (("generated", r.gen_controls), ("ground_truth", r.gt_controls))
     }
-    onset = {
-        kind: behavior_onset(c, r.behavior, cfg.window, protos)
-        for kind, c in (("generated", r.gen_controls), ("ground_truth", r.gt_controls))
-    }
+    confusion = {kind: _confusion(w) for kind, w in windows.items()}
+    onset = {kind: _onset(w, r.behavior, cfg.window) for kind, w in windows.items()}
     by_kind = {kind: confusion_accuracy(tables)[1] for kind, tables in confusion.items()}
     channels = {ch: {kind: by_kind[kind][ch] for kind in by_kind} for ch in bh.BEHAVIOR_CHANNELS}
     return EvalReport(
