@@ -69,6 +69,20 @@ def test_heldout_paraphrases_are_disjoint_from_training():
         assert len(train[b]) >= 3 and len(held[b]) >= 2
 
 
+def test_no_training_phrasing_comes_nearer_a_heldout_one_than_the_ceiling():
+    from flowact.renderer.engine import build_text_encoder
+
+    texts, train, held = bh.prompt_table()
+    unit = torch.nn.functional.normalize(build_text_encoder("minilm", "demo").encode(texts), dim=-1)
+    trained = [i for ids in train.values() for i in ids]
+    heldout = [i for ids in held.values() for i in ids]
+    similarity = unit[trained] @ unit[heldout].T
+    assert float(similarity.max()) <= bh.HELDOUT_CEILING
+    # the ceiling is what it says: the first four phrasings of a behavior come that near
+    first_four = [i for ids in train.values() for i in ids[:4]]
+    assert float((unit[first_four] @ unit[heldout].T).max()) > bh.HELDOUT_CEILING - 0.01
+
+
 def test_heldout_neighbours_name_the_paraphrases_an_encoder_places_elsewhere():
     texts, train, held = bh.prompt_table()
     n = len(bh.BEHAVIORS)
