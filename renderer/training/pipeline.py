@@ -6,8 +6,10 @@ what is done and continues what is not, and stops cleanly at `deadline` seconds,
 be cut into pieces of a few minutes (one `python -m flowact.renderer.training.pipeline ...`
 each). `prepare_data` makes the inputs that need tools the GPU machine may lack: the espeak-ng
 speech banks (training sentences, held-out evaluation sentences) and the prompt embedding table.
-`refit_checkpoint` (`refit`) trains anew what an exported checkpoint's latent space does not
-depend on, its VAE decoder and its probe, and writes the checkpoint with them.
+`refit` (`refit.refit_checkpoint`) trains anew what an exported checkpoint's latent space does
+not depend on, its VAE decoder and its probe, and writes the checkpoint with them; the
+curriculum's decoder and probe stages are the same code (`refit.decoder_stage`,
+`refit.probe_stage`).
 
 `prepare-footage` makes a data folder of real video instead (`footage.prepare_footage`); a run
 on it trains the VAE (and its decoder), the latents and stages 1-3 on that footage
@@ -41,42 +43,30 @@ import structlog
 import torch
 
 from flowact.renderer.anchors import SPEC_KEY, anchor_spec
-from flowact.renderer.engine import AUDIO_PRESET, VAE_PRESET, audio_encoder_for
+from flowact.renderer.engine import AUDIO_PRESET, audio_encoder_for
 from flowact.renderer.media import encode_png
 from flowact.renderer.model import FlowActMMDiT, count_parameters
 from flowact.renderer.presets import get_preset
 from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import data as data_mod
-from flowact.renderer.training import footage, speech, world
-from flowact.renderer.training.base import ClipSource
+from flowact.renderer.training import footage, speech
 from flowact.renderer.training.behavior_readout import BehaviorHeadConfig, behavior_head
 from flowact.renderer.training.common import EMA, pick_device
 from flowact.renderer.training.distill import DistillConfig, train_distill
 from flowact.renderer.training.dmd import DMDConfig, train_dmd
 from flowact.renderer.training.evaluate import EvalConfig, run_eval
-from flowact.renderer.training.export import (
-    Bundle,
-    copy_reference,
-    export_checkpoint,
-    load_checkpoint,
-)
-from flowact.renderer.training.probe import (
-    PoseProbe,
-    ProbeConfig,
-    ProbeTrainConfig,
-    probe_loss,
-    score_probe,
-    train_probe,
-    training_batch,
+from flowact.renderer.training.export import Bundle, export_checkpoint, load_checkpoint
+from flowact.renderer.training.refit import (
+    NO_PROBE_ON_FOOTAGE,
+    clip_source,
+    decoder_stage,
+    probe_stage,
+    refit_checkpoint,
+    stage_summary,
+    vae_config,
 )
 from flowact.renderer.training.train import DiffusionConfig, train_diffusion
-from flowact.renderer.training.vae_train import (
-    VAETrainConfig,
-    finetune_decoder,
-    heldout_report,
-    readout_report,
-    train_vae,
-)
+from flowact.renderer.training.vae_train import heldout_report, readout_report, train_vae
 from flowact.renderer.training.workdir import (
     DATA_FILES,
     check_config,
@@ -89,8 +79,7 @@ log = structlog.get_logger(__name__)
 
 # what a run on footage leaves out, and why (its summary's "skipped")
 FOOTAGE_SKIPS = {
-    "probe": "the probe reads the synthetic world's controls and identities; footage has no "
-    "ground truth to train it on",
+    "probe": NO_PROBE_ON_FOOTAGE,
     "eval": "the evaluation measures streams of the world's unseen characters against their "
     "ground truth; footage has none, and a checkpoint without a probe has no instrument",
 }
@@ -181,16 +170,6 @@ def prepare_data(out: str | Path, preset: str = "demo", train_sentences: int = 1
     log.info("data_prepared", out=str(out), train=len(train), prompts=table.shape[0])
 
 
-def clip_source(data: Path, size: tuple[int, int]) -> ClipSource:
-    """What the VAE and the latents draw clips from: the footage `data` holds if it was made by
-    `prepare-footage`, else the world at `size` with `data`'s training speech."""
-    if footage.is_footage(data):
-        return footage.FootageClips(data)
-    return world.WorldClips(
-        world.ClipConfig(size=size), speech.load_bank(data / "speech_train.npz")
-    )
-
-
 def run_pipeline(cfg: PipelineConfig) -> dict:
     """Run (or continue) every stage; returns a summary written to `workdir/summary.json`."""
     check_config(cfg)
@@ -216,7 +195,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         return max(0.0, cfg.deadline - (time.monotonic() - start))
 
     # VAE
-    vae_cfg = _vae_config(cfg, size)
+    vae_cfg = vae_config(cfg, size)
     vae, vae_state = train_vae(vae_cfg, work, device, source, piece_seconds=left())
     vae.requires_grad_(False)
     # the reports of a finished VAE stage, made once and kept by the summary over later pieces
@@ -244,13 +223,13 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         summary["vae"]["readout"] = readout
     if cfg.vae_decoder_seconds > 0:
         # sharper frames from the same latent space: a DiT from init_from keeps its latents
-        vae = _finetune_decoder(cfg, vae_cfg, vae, work, device, source, left(), summary)
+        vae = decoder_stage(cfg, vae_cfg, vae, work, device, source, left(), summary)
 
     # probe: half of each batch through the VAE, so it reads decoded frames too
     probe = None
     if source.ground_truth:
         seconds = min(left(), cfg.probe_seconds)
-        probe = _train_probe(cfg, work, device, vae, size, seconds, summary)
+        probe = probe_stage(cfg, work, device, vae, size, seconds, summary)
 
     # latents
     latents_path = work / "latents.pt"
@@ -293,11 +272,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     )
     stage = partial(train_diffusion, head=head)
     st1 = stage(s1, model, encoder, latents, table, work, ema, piece_seconds=left())
-    summary["stage1"] = _stage_summary(st1)
+    summary["stage1"] = stage_summary(st1)
     # stage 2 starts from stage 1's model, encoder and EMA (the objects stage 1 left)
     s2 = replace(s1, name="stage2", audio=True, seconds=cfg.stage2_seconds, gen_memory_after=0)
     st2 = stage(s2, model, encoder, latents, table, work, ema, piece_seconds=left())
-    summary["stage2"] = _stage_summary(st2)
+    summary["stage2"] = stage_summary(st2)
     save_summary()
 
     # stage 3; without it (an ablation of stages 1-2) only the teacher is evaluated
@@ -322,7 +301,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     student, student_ema, st3 = train_distill(
         d, teacher, encoder, latents, table, work, piece_seconds=left()
     )
-    summary["stage3"] = _stage_summary(st3)
+    summary["stage3"] = stage_summary(st3)
 
     sampling = {
         "micro_steps": 1,
@@ -348,7 +327,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         _, dmd_ema, st_dmd = train_dmd(
             dmd, final, teacher, encoder, latents, table, work, piece_seconds=left()
         )
-        summary["stage3_dmd"] = _stage_summary(st_dmd)
+        summary["stage3_dmd"] = stage_summary(st_dmd)
         before_dmd, final = final, dmd_ema.model
         done = st_dmd.seconds >= dmd.seconds - 1
         # the step-distilled student too, so that what DMD did can be measured and either shipped
@@ -378,152 +357,6 @@ def _write_reference(checkpoint: Path, data: Path) -> None:
     except ValueError:
         clips = footage.FootageClips(data)
     (checkpoint / "reference.png").write_bytes(encode_png(clips.reference_image()))
-
-
-def _vae_config(cfg: PipelineConfig, size: tuple[int, int]) -> VAETrainConfig:
-    return VAETrainConfig(
-        VAE_PRESET[cfg.preset],
-        size,
-        chunks=cfg.vae_chunks or None,
-        batch=cfg.vae_batch,
-        steps=100_000,
-        seconds=cfg.vae_seconds,
-        face_gain=cfg.vae_face_gain,
-        control_weight=cfg.vae_control_weight,
-        seed=cfg.seed,
-    )
-
-
-def _finetune_decoder(cfg, vae_cfg, vae, work, device, source, seconds, summary):
-    dec_cfg = replace(
-        vae_cfg,
-        seconds=cfg.vae_decoder_seconds,
-        lr=cfg.vae_decoder_lr,
-        latent_noise=cfg.vae_latent_noise,
-    )
-    vae, state, report = finetune_decoder(dec_cfg, vae, work, device, source, piece_seconds=seconds)
-    summary["vae_decoder"] = {
-        **_stage_summary(state),
-        "heldout": asdict(report) if report else None,
-        "kept": bool(report and report.improved),
-    }
-    return vae
-
-
-def refit_checkpoint(cfg: PipelineConfig) -> dict:
-    """Train anew the parts of the exported checkpoint `cfg.init_from` that leave its latent
-    space as it is: its VAE decoder (`vae_decoder_seconds`, 0 keeps it) and its probe
-    (`probe_seconds`, 0 keeps it; a new probe reads frames through the VAE this writes). Writes
-    `cfg.checkpoint` with them and the source's DiT, audio encoder, sampling and reference
-    frame; resumable from `cfg.workdir` like a run. Returns the summary (`workdir/summary.json`)."""
-    if not (Path(cfg.init_from) / "index.json").is_file():
-        raise FileNotFoundError(f"{cfg.init_from} is not an exported checkpoint (no index.json)")
-    start = time.monotonic()
-    device = pick_device(cfg.device)
-    work, data_dir = Path(cfg.workdir), Path(cfg.data)
-    work.mkdir(parents=True, exist_ok=True)
-    summary, save_summary = open_summary(work, cfg)
-    bundle = load_checkpoint(cfg.init_from, device)
-    if cfg.probe_continue and cfg.probe_seconds > 0 and bundle.probe is None:
-        raise ValueError(f"{cfg.init_from} holds no probe to go on training")
-    vae = bundle.vae.float().requires_grad_(False)
-    size = (bundle.config.height, bundle.config.width)
-    if cfg.vae_decoder_seconds > 0:
-        # the decoder trains on speaking clips; the probe, on still renders, needs no speech
-        source = clip_source(data_dir, size)
-        vae_cfg = _vae_config(cfg, size)
-        vae = _finetune_decoder(cfg, vae_cfg, vae, work, device, source, cfg.deadline, summary)
-        done = summary["vae_decoder"]["heldout"] is not None
-    else:
-        done = True
-    probe = bundle.probe
-    if cfg.probe_seconds > 0 and footage.is_footage(data_dir):
-        summary["skipped"] = {"probe": FOOTAGE_SKIPS["probe"]}
-        log.info("footage_refit", skipped=summary["skipped"])
-    elif cfg.probe_seconds > 0 and done:
-        left = min(cfg.deadline - (time.monotonic() - start), cfg.probe_seconds)
-        first = probe.float() if cfg.probe_continue else None
-        probe = _train_probe(cfg, work, device, vae, size, left, summary, first)
-    if done:
-        out = export_checkpoint(
-            cfg.checkpoint, bundle.model, vae, bundle.audio, probe, bundle.sampling
-        )
-        copy_reference(out, cfg.init_from)
-        summary["checkpoint"] = cfg.checkpoint
-    save_summary()
-    return summary
-
-
-def _train_probe(cfg, work, device, vae, size, seconds, summary, first=None) -> PoseProbe:
-    """A probe trained for `seconds` (from `first` if given, else new), or the one `work`
-    already holds."""
-    path = work / "probe.pt"
-    pcfg = first.config if first is not None else ProbeConfig(size=size, width=cfg.probe_width)
-    probe = PoseProbe(pcfg).to(device)
-    if path.is_file():
-        probe.load_state_dict(torch.load(path, map_location=device))
-        return probe.eval()
-
-    def through_vae(frames: torch.Tensor) -> torch.Tensor:
-        return vae.decode(vae.encode(frames[:, None]))[:, 0]
-
-    tcfg = ProbeTrainConfig(
-        steps=100_000,
-        batch=cfg.probe_batch,
-        lr=cfg.probe_lr,
-        seconds=seconds,
-        seed=cfg.seed,
-        balanced=cfg.probe_balanced,
-        identity_weight=cfg.probe_identity_weight,
-        decoded_share=cfg.probe_decoded_share,
-    )
-    steps = _probe_steps(pcfg, tcfg, device, seconds, through_vae)
-    before = _probe_score(first, through_vae) if first is not None else None
-    probe, losses = train_probe(
-        pcfg, replace(tcfg, steps=steps), device, probe=first, transform=through_vae
-    )
-    torch.save(probe.state_dict(), path)
-    summary["probe"] = {
-        "steps": len(losses),
-        "loss": float(np.mean(losses[-50:])),
-        **_probe_score(probe, through_vae),
-        "started_from": before,
-    }
-    return probe
-
-
-def _probe_score(probe: PoseProbe, transform) -> dict:
-    """The probe's score on held-out renders, and under "decoded" on the same renders through
-    `transform` (the VAE): a probe can read renders better and decoded frames worse."""
-    decoded = score_probe(probe, transform=transform)
-    return {**asdict(score_probe(probe)), "decoded": asdict(decoded)}
-
-
-def _probe_steps(pcfg, tcfg: ProbeTrainConfig, device, seconds: float, transform) -> int:
-    """Steps that fit `seconds`, from the time of a few whole ones (their batches made as in
-    training, through `transform`): the schedule needs a step count."""
-    probe = PoseProbe(pcfg).to(device)
-    rng = np.random.default_rng(0)
-    for i in range(4):  # one to warm up, three timed
-        if i == 1:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.monotonic()
-        frames, controls, ident = training_batch(tcfg, pcfg.size, rng, device, transform)
-        probe_loss(probe, frames, controls, ident, tcfg.identity_weight, tcfg.balanced).backward()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    per = (time.monotonic() - t0) / 3
-    return max(50, int(seconds / per))
-
-
-def _stage_summary(state) -> dict:
-    return {
-        "steps": state.step,
-        "seconds": round(state.seconds, 1),
-        "loss_first50": float(np.mean(state.losses[:50])) if state.losses else None,
-        "loss_last50": float(np.mean(state.losses[-50:])) if state.losses else None,
-    }
 
 
 def before_dmd_path(checkpoint: str) -> str:

@@ -17,8 +17,9 @@ from flowact.renderer.text import HashTextEncoder
 from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import speech
 from flowact.renderer.training.export import combine_checkpoints, export_checkpoint, load_checkpoint
-from flowact.renderer.training.pipeline import PipelineConfig, refit_checkpoint, run_pipeline
+from flowact.renderer.training.pipeline import PipelineConfig, run_pipeline
 from flowact.renderer.training.pipeline import main as pipeline_main
+from flowact.renderer.training.refit import refit_checkpoint
 
 TINY_BUDGETS = dict(
     preset="tiny",
