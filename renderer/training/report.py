@@ -191,10 +191,12 @@ def plot_channels(reports: dict[str, EvalReport], out: str | Path) -> Path:
         ax.bar(x, values, width, label=name, **kw)
     ax.set_xticks(np.arange(len(groups)), groups)
     ax.set_ylabel("behavior accuracy")
-    ax.set_ylim(0, 1.22)  # the legend sits above the bars
+    columns = min(len(series), 3)  # wider legends run off the figure
+    rows = math.ceil(len(series) / columns)
+    ax.set_ylim(0, 1.12 + 0.1 * rows)  # the legend sits above the bars
     ax.set_yticks(np.linspace(0, 1, 6))
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8, ncol=len(series), loc="upper center")
+    ax.legend(fontsize=8, ncol=columns, loc="upper center")
     return _save(plt, fig, out)
 
 
