@@ -41,7 +41,9 @@ class ClipSource(Protocol):
     reference frame, at `size` (height, width), taking every random choice from `rng` (the
     caller's stream: a stage resumed from step s draws what it would have drawn).
     `heldout()` is the source of clips no training step sees, for held-out reports; it raises
-    `ValueError` naming what is missing where there are none."""
+    `ValueError` naming what is missing where there are none. `training_phrasings()` names,
+    per behavior channel, the prompt texts its training clips carry (channels with none left
+    out): what a checkpoint trained on it anchors prompts on (`flowact.renderer.anchors`)."""
 
     @property
     def size(self) -> tuple[int, int]: ...
@@ -56,3 +58,5 @@ class ClipSource(Protocol):
     ) -> Clip: ...
 
     def heldout(self) -> ClipSource: ...
+
+    def training_phrasings(self) -> dict[str, list[str]]: ...

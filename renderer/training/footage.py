@@ -415,6 +415,22 @@ class FootageClips:
             prompt=torch.from_numpy(np.stack(prompt)).to(device),
         )
 
+    def training_phrasings(self) -> dict[str, list[str]]:
+        """Per behavior channel, the prompt texts the train split's videos carry there, in the
+        manifest's order; what only held-out videos say is not among them."""
+        used: dict[int, set[int]] = {ch: set() for ch in range(len(BEHAVIOR_CHANNELS))}
+        for video in self.manifest.videos:
+            if video.split != "train":
+                continue
+            prompt = self._speech_of(video).prompt
+            for ch, ids in used.items():
+                ids.update(int(i) for i in np.unique(prompt[:, ch]) if i >= 0)
+        return {
+            BEHAVIOR_CHANNELS[ch]: [self.manifest.prompts[i] for i in sorted(ids)]
+            for ch, ids in used.items()
+            if ids
+        }
+
     def reference_image(self) -> np.ndarray:
         """The reference frame of the first video, uint8 `[H, W, 3]`."""
         video = self.videos[0]

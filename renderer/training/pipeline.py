@@ -311,7 +311,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         "text_encoder": "auto",
     }
     if cfg.anchor_temperature is not None:
-        sampling[SPEC_KEY] = anchor_spec(bh.training_phrasings(), cfg.anchor_temperature)
+        sampling[SPEC_KEY] = anchor_spec(source.training_phrasings(), cfg.anchor_temperature)
     final = student_ema.model
     before_dmd = None
     done = st3.seconds >= d.seconds - 1

@@ -115,10 +115,10 @@ def check_footage(cfg: PipelineConfig, data: Path) -> None:
                 f"{name} reads {needs}, which only the synthetic world has; footage has none: "
                 "leave it at 0"
             )
-    if cfg.anchor_temperature is not None:
+    if cfg.anchor_temperature is not None and not footage.FootageClips(data).training_phrasings():
         raise ValueError(
-            "anchor_temperature anchors prompts on the world's training phrasings; anchoring on "
-            "footage's own phrasings is not built yet: leave it out"
+            f"anchor_temperature anchors prompts on the training footage's phrasings, and {data}'s "
+            "train videos carry none: annotate prompts in their sidecars, or leave it out"
         )
     if cfg.vae_decoder_seconds > 0 or cfg.vae_continue:
         footage.FootageClips(data, "eval")  # a held-out report; raises naming what is missing

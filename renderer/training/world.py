@@ -436,6 +436,9 @@ class WorldClips:
     def heldout(self) -> WorldClips:
         return replace(self, config=replace(self.config, split="eval"))
 
+    def training_phrasings(self) -> dict[str, list[str]]:
+        return bh.training_phrasings()
+
 
 def clip_stream(
     batch: int,

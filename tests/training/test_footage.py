@@ -237,6 +237,7 @@ def test_the_pipeline_trains_on_footage_without_probe_or_evaluation(prepared, tm
         data=str(out),
         workdir=str(tmp_path / "w"),
         checkpoint=str(tmp_path / "ckpt"),
+        anchor_temperature=0.0,
         **FOOTAGE_BUDGETS,
     )
     summary = run_pipeline(cfg)
@@ -249,6 +250,10 @@ def test_the_pipeline_trains_on_footage_without_probe_or_evaluation(prepared, tm
     assert latents["latents"].shape[:2] == (4, 13) and latents["identity"] is None
     bundle = load_checkpoint(tmp_path / "ckpt")
     assert bundle.probe is None and bundle.config.name == "tiny"
+    # it anchors prompts on the phrasings of the training footage, per channel
+    phrasings = {"gesture": ["waves hello", "points ahead"], "face": ["smiles warmly"]}
+    assert FootageClips(out).training_phrasings() == phrasings
+    assert bundle.sampling["prompt_anchors"] == {"temperature": 0.0, "prompts": phrasings}
     # its reference image: the held-out video's reference frame (grey 150)
     image = decode_jpeg((tmp_path / "ckpt" / "reference.png").read_bytes())
     assert np.array_equal(image, np.load(out / "count.frames.npy")[25])
@@ -274,8 +279,6 @@ def test_a_footage_run_names_what_it_cannot_do_before_training(prepared, tmp_pat
         run_pipeline(replace(cfg, vae_control_weight=0.5))
     with pytest.raises(ValueError, match="behavior_weight reads the behavior each prompt .* none"):
         run_pipeline(replace(cfg, behavior_weight=0.5))
-    with pytest.raises(ValueError, match="anchoring on footage's own phrasings is not built yet"):
-        run_pipeline(replace(cfg, anchor_temperature=0.0))
     vae_cfg = VAETrainConfig(preset="tiny", size=(32, 32), chunks=1, control_weight=0.5)
     with pytest.raises(ValueError, match="ground-truth controls, which only the synthetic world"):
         train_vae(vae_cfg, None, torch.device("cpu"), FootageClips(out), progress=False)
@@ -285,6 +288,9 @@ def test_a_footage_run_names_what_it_cannot_do_before_training(prepared, tmp_pat
     train_only.mkdir()
     shutil.copyfile(folder / "talk.mp4", train_only / "talk.mp4")
     prepare_footage(train_only, tmp_path / "prepared", "tiny")
+    unannotated = replace(cfg, data=str(tmp_path / "prepared"), anchor_temperature=0.0)
+    with pytest.raises(ValueError, match="train videos carry none: annotate prompts"):
+        run_pipeline(unannotated)
     with pytest.raises(ValueError, match='holds no eval footage: mark held-out videos "split"'):
         run_pipeline(replace(cfg, data=str(tmp_path / "prepared")))
     assert not (tmp_path / "w" / "vae").exists()
