@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import structlog
 import torch
 from torch import nn
@@ -91,6 +92,16 @@ class StageState:
         self.seconds = blob.get("seconds", 0.0)
         log.info("stage_resumed", path=str(path), step=self.step)
         return True
+
+    def summary(self) -> dict:
+        """The stage's figures in a run's summary: steps, seconds and its loss at the start and
+        at the end (the mean of the first and of the last 50 steps)."""
+        return {
+            "steps": self.step,
+            "seconds": round(self.seconds, 1),
+            "loss_first50": float(np.mean(self.losses[:50])) if self.losses else None,
+            "loss_last50": float(np.mean(self.losses[-50:])) if self.losses else None,
+        }
 
 
 def run_steps(

@@ -58,11 +58,9 @@ from flowact.renderer.training.evaluate import EvalConfig, run_eval
 from flowact.renderer.training.export import Bundle, export_checkpoint, load_checkpoint
 from flowact.renderer.training.refit import (
     NO_PROBE_ON_FOOTAGE,
-    clip_source,
     decoder_stage,
     probe_stage,
     refit_checkpoint,
-    stage_summary,
     vae_config,
 )
 from flowact.renderer.training.train import DiffusionConfig, train_diffusion
@@ -70,6 +68,7 @@ from flowact.renderer.training.vae_train import heldout_report, readout_report, 
 from flowact.renderer.training.workdir import (
     DATA_FILES,
     check_config,
+    clip_source,
     open_summary,
     seed_workdir,
     take_data,
@@ -272,11 +271,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     )
     stage = partial(train_diffusion, head=head)
     st1 = stage(s1, model, encoder, latents, table, work, ema, piece_seconds=left())
-    summary["stage1"] = stage_summary(st1)
+    summary["stage1"] = st1.summary()
     # stage 2 starts from stage 1's model, encoder and EMA (the objects stage 1 left)
     s2 = replace(s1, name="stage2", audio=True, seconds=cfg.stage2_seconds, gen_memory_after=0)
     st2 = stage(s2, model, encoder, latents, table, work, ema, piece_seconds=left())
-    summary["stage2"] = stage_summary(st2)
+    summary["stage2"] = st2.summary()
     save_summary()
 
     # stage 3; without it (an ablation of stages 1-2) only the teacher is evaluated
@@ -301,7 +300,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     student, student_ema, st3 = train_distill(
         d, teacher, encoder, latents, table, work, piece_seconds=left()
     )
-    summary["stage3"] = stage_summary(st3)
+    summary["stage3"] = st3.summary()
 
     sampling = {
         "micro_steps": 1,
@@ -327,7 +326,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         _, dmd_ema, st_dmd = train_dmd(
             dmd, final, teacher, encoder, latents, table, work, piece_seconds=left()
         )
-        summary["stage3_dmd"] = stage_summary(st_dmd)
+        summary["stage3_dmd"] = st_dmd.summary()
         before_dmd, final = final, dmd_ema.model
         done = st_dmd.seconds >= dmd.seconds - 1
         # the step-distilled student too, so that what DMD did can be measured and either shipped

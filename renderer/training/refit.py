@@ -8,10 +8,9 @@ reference frame. A run (`pipeline.run_pipeline`) trains them as two of its stage
 held-out faces) and `probe_stage` (a probe that reads frames through the VAE too). Both keep
 their state in the workdir, so a refit resumes as a run does.
 
-What the two commands share to build these stages lives here too: the clips the VAE trains on
-(`clip_source`), the VAE's training config (`vae_config`) and a stage's figures in the summary
-(`stage_summary`). `pipeline` imports from this module and not the other way round (but for
-the type of the config), so the CLI there can dispatch to both commands without a cycle.
+The VAE's training config, which both commands build these stages from, lives here too
+(`vae_config`). `pipeline` imports from this module and not the other way round (but for the
+type of the config), so the CLI there can dispatch to both commands without a cycle.
 """
 
 from __future__ import annotations
@@ -26,8 +25,7 @@ import structlog
 import torch
 
 from flowact.renderer.engine import VAE_PRESET
-from flowact.renderer.training import footage, speech, world
-from flowact.renderer.training.base import ClipSource
+from flowact.renderer.training import footage
 from flowact.renderer.training.common import pick_device
 from flowact.renderer.training.export import copy_reference, export_checkpoint, load_checkpoint
 from flowact.renderer.training.probe import (
@@ -40,7 +38,7 @@ from flowact.renderer.training.probe import (
     training_batch,
 )
 from flowact.renderer.training.vae_train import VAETrainConfig, finetune_decoder
-from flowact.renderer.training.workdir import open_summary
+from flowact.renderer.training.workdir import clip_source, open_summary
 
 if TYPE_CHECKING:
     from flowact.renderer.training.pipeline import PipelineConfig
@@ -98,16 +96,6 @@ def refit_checkpoint(cfg: PipelineConfig) -> dict:
     return summary
 
 
-def clip_source(data: Path, size: tuple[int, int]) -> ClipSource:
-    """What the VAE and the latents draw clips from: the footage `data` holds if it was made by
-    `prepare-footage`, else the world at `size` with `data`'s training speech."""
-    if footage.is_footage(data):
-        return footage.FootageClips(data)
-    return world.WorldClips(
-        world.ClipConfig(size=size), speech.load_bank(data / "speech_train.npz")
-    )
-
-
 def vae_config(cfg: PipelineConfig, size: tuple[int, int]) -> VAETrainConfig:
     """The VAE stage's config from a run's settings (a refit's decoder stage starts from it)."""
     return VAETrainConfig(
@@ -134,7 +122,7 @@ def decoder_stage(cfg, vae_cfg, vae, work, device, source, seconds, summary):
     )
     vae, state, report = finetune_decoder(dec_cfg, vae, work, device, source, piece_seconds=seconds)
     summary["vae_decoder"] = {
-        **stage_summary(state),
+        **state.summary(),
         "heldout": asdict(report) if report else None,
         "kept": bool(report and report.improved),
     }
@@ -202,13 +190,3 @@ def _probe_steps(pcfg, tcfg: ProbeTrainConfig, device, seconds: float, transform
         torch.cuda.synchronize()
     per = (time.monotonic() - t0) / 3
     return max(50, int(seconds / per))
-
-
-def stage_summary(state) -> dict:
-    """A stage's figures in the summary: steps, seconds and its loss at the start and the end."""
-    return {
-        "steps": state.step,
-        "seconds": round(state.seconds, 1),
-        "loss_first50": float(np.mean(state.losses[:50])) if state.losses else None,
-        "loss_last50": float(np.mean(state.losses[-50:])) if state.losses else None,
-    }

@@ -1,6 +1,6 @@
-"""A run's workdir before its first stage: what the run is checked for, what a fresh workdir
-is seeded with (an exported checkpoint or another run's workdir), and the summary that the
-pieces of a run add to."""
+"""A run's workdir before its first stage: what the run is checked for, what its clips come
+from, what a fresh workdir is seeded with (an exported checkpoint or another run's workdir),
+and the summary that the pieces of a run add to."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import structlog
 import torch
 
 from flowact.renderer.presets import get_preset
-from flowact.renderer.training import footage
+from flowact.renderer.training import footage, speech, world
+from flowact.renderer.training.base import ClipSource
 from flowact.renderer.training.common import StageState, save_atomically
 from flowact.renderer.training.export import load_checkpoint
 from flowact.renderer.weights import read_index
@@ -122,6 +123,16 @@ def check_footage(cfg: PipelineConfig, data: Path) -> None:
         )
     if cfg.vae_decoder_seconds > 0 or cfg.vae_continue:
         footage.FootageClips(data, "eval")  # a held-out report; raises naming what is missing
+
+
+def clip_source(data: Path, size: tuple[int, int]) -> ClipSource:
+    """What the VAE and the latents draw clips from: the footage `data` holds if it was made by
+    `prepare-footage`, else the world at `size` with `data`'s training speech."""
+    if footage.is_footage(data):
+        return footage.FootageClips(data)
+    return world.WorldClips(
+        world.ClipConfig(size=size), speech.load_bank(data / "speech_train.npz")
+    )
 
 
 def take_data(data_dir: Path, work: Path) -> Path:
