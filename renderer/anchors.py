@@ -1,10 +1,12 @@
 """Prompt anchoring: a behavior asked for in words the DiT never saw reaches it in words it did.
 
 The DiT learns each behavior from a handful of phrasings, one sentence embedding each, and
-reads a new phrasing by where its embedding falls among them. Measured on the demo checkpoint,
-that reading is the larger loss of behavior: the same streams read 0.77-0.78 when the prompts
-are training phrasings and 0.54-0.56 when they are held-out ones (the model card's "Where
-behavior is lost"). Anchoring moves the choice to the text encoder: a checkpoint names the
+reads a new phrasing by where its embedding falls among them. Trained on four phrasings a
+behavior, the sixth demo checkpoint read the same streams at 0.77-0.78 with training phrasings
+and 0.54-0.56 with held-out ones, and anchoring won back about half of that; the seventh,
+trained on 13-14, loses less and reads held-out phrasings better without anchors (the model
+card's "Prompt anchoring" and "The eleventh run"). Anchoring moves the choice to the text
+encoder: a checkpoint names the
 phrasings it was trained on per behavior channel, and each incoming prompt of a channel is
 given to the DiT as the blend of that channel's trained phrasings, weighted by
 `softmax(cosine / temperature)`; temperature 0 takes the nearest phrasing alone, so the DiT

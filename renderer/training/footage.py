@@ -417,12 +417,14 @@ class FootageClips:
 
     def training_phrasings(self) -> dict[str, list[str]]:
         """Per behavior channel, the prompt texts the train split's videos carry there, in the
-        manifest's order; what only held-out videos say is not among them."""
+        manifest's order; what only held-out videos say is not among them. Reads the prompt ids
+        alone, not the speech beside them."""
         used: dict[int, set[int]] = {ch: set() for ch in range(len(BEHAVIOR_CHANNELS))}
         for video in self.manifest.videos:
             if video.split != "train":
                 continue
-            prompt = self._speech_of(video).prompt
+            with np.load(self.data / f"{video.name}.npz") as arrays:
+                prompt = arrays["prompt"]
             for ch, ids in used.items():
                 ids.update(int(i) for i in np.unique(prompt[:, ch]) if i >= 0)
         return {
