@@ -6,11 +6,10 @@ behavior, the sixth demo checkpoint read the same streams at 0.77-0.78 with trai
 and 0.54-0.56 with held-out ones, and anchoring won back about half of that; the seventh,
 trained on 13-14, loses less and reads held-out phrasings better without anchors (the model
 card's "Prompt anchoring" and "The eleventh run"). Anchoring moves the choice to the text
-encoder: a checkpoint names the
-phrasings it was trained on per behavior channel, and each incoming prompt of a channel is
-given to the DiT as the blend of that channel's trained phrasings, weighted by
-`softmax(cosine / temperature)`; temperature 0 takes the nearest phrasing alone, so the DiT
-sees only embeddings it was trained on.
+encoder: a checkpoint names the phrasings it was trained on per behavior channel, and each
+incoming prompt of a channel is given to the DiT as the blend of that channel's trained
+phrasings, weighted by `softmax(cosine / temperature)`; temperature 0 takes the nearest
+phrasing alone, so the DiT sees only embeddings it was trained on.
 
 In `sampling.json`:
 
