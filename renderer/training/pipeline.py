@@ -70,6 +70,7 @@ from flowact.renderer.training.workdir import (
     check_config,
     clip_source,
     open_summary,
+    probe_to_continue,
     seed_workdir,
     take_data,
 )
@@ -106,6 +107,8 @@ class PipelineConfig:
     vae_face_gain: float = 1.0  # the VAE's reconstruction loss weight over the face region
     # the latent control readout's weight in the VAE's loss (VAETrainConfig.control_weight)
     vae_control_weight: float = 0.0
+    # each control's share of that term, "NAME=GAIN,..." (VAETrainConfig.control_gains); "" = 1
+    vae_control_gains: str = ""
     vae_decoder_lr: float = 2e-4
     vae_latent_noise: float = 0.0  # the decoder stage's input-latent noise (VAETrainConfig)
     probe_batch: int = 128
@@ -115,7 +118,9 @@ class PipelineConfig:
     # ProbeTrainConfig.identity_weight; balanced scales the controls' error by about 6.7
     probe_identity_weight: float = 0.5
     probe_decoded_share: float = 0.5  # ProbeTrainConfig.decoded_share: through the VAE
-    # refit: go on training the checkpoint's probe rather than a new one (`probe_width` unused)
+    # go on training the checkpoint's probe rather than a new one (`probe_width` unused): in a
+    # refit, or in a run from init_from with vae_continue, whose new latent space the probe then
+    # learns to read through (without vae_continue a run keeps the checkpoint's probe)
     probe_continue: bool = False
     latent_clips: int = 768
     clip_chunks: int = 20
@@ -224,11 +229,13 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         # sharper frames from the same latent space: a DiT from init_from keeps its latents
         vae = decoder_stage(cfg, vae_cfg, vae, work, device, source, left(), summary)
 
-    # probe: half of each batch through the VAE, so it reads decoded frames too
+    # probe: half of each batch through the VAE, so it reads decoded frames too (a new one, the
+    # checkpoint's kept, or the checkpoint's gone on with on a new latent space)
     probe = None
     if source.ground_truth:
         seconds = min(left(), cfg.probe_seconds)
-        probe = probe_stage(cfg, work, device, vae, size, seconds, summary)
+        first = probe_to_continue(work, cfg, device)
+        probe = probe_stage(cfg, work, device, vae, size, seconds, summary, first)
 
     # latents
     latents_path = work / "latents.pt"

@@ -37,7 +37,11 @@ from flowact.renderer.training.probe import (
     train_probe,
     training_batch,
 )
-from flowact.renderer.training.vae_train import VAETrainConfig, finetune_decoder
+from flowact.renderer.training.vae_train import (
+    VAETrainConfig,
+    finetune_decoder,
+    parse_control_gains,
+)
 from flowact.renderer.training.workdir import clip_source, open_summary
 
 if TYPE_CHECKING:
@@ -107,6 +111,7 @@ def vae_config(cfg: PipelineConfig, size: tuple[int, int]) -> VAETrainConfig:
         seconds=cfg.vae_seconds,
         face_gain=cfg.vae_face_gain,
         control_weight=cfg.vae_control_weight,
+        control_gains=parse_control_gains(cfg.vae_control_gains),
         seed=cfg.seed,
     )
 

@@ -17,8 +17,11 @@ ground-truth controls (their mean over its 4 frames) from the posterior mean, an
 joins the loss (`control_loss`); only the world's clips have controls to read. A pixel loss
 hardly weighs a smile (a few pixels of a 128 x 128 frame), so the encoder is free to drop it;
 the readout's gradient asks the encoder to keep every control in the latents, where the decoder
-can find it. The head is part of the stage's state only: the exported VAE is the same network
-either way. `readout_report` says how well it reads unseen characters when the stage ends.
+can find it. `control_gains` shares the term out among the controls (each control's squared
+error counts by its gain, 1 by default, over the sum of the gains), so that the controls a pixel
+loss weighs least, a smile's and the brows', can be asked for hardest. The head is part of the
+stage's state only: the exported VAE is the same network either way. `readout_report` says how
+well it reads unseen characters when the stage ends.
 
 `finetune_decoder` trains the decoder alone with the encoder and the latent statistics frozen:
 sharper frames from the same latent space, so a DiT trained on it needs no retraining. It keeps
@@ -74,6 +77,9 @@ class VAETrainConfig:
     latent_noise: float = 0.0
     # the latent control readout's weight in the loss (`control_loss`); 0 = no readout
     control_weight: float = 0.0
+    # (control name, gain) pairs: each named control's share of the readout term against 1 for
+    # the others (`parse_control_gains`, `control_loss`)
+    control_gains: tuple[tuple[str, float], ...] = ()
     seconds: float = math.inf
     save_every: int = 500
     stats_clips: int = 32
@@ -112,13 +118,47 @@ def latent_controls(controls: Tensor, latents: int) -> Tensor:
     return controls.unflatten(1, (latents, -1)).mean(2)
 
 
+def parse_control_gains(spec: str) -> tuple[tuple[str, float], ...]:
+    """`"smile=6,brows=6"` -> `(("smile", 6.0), ("brows", 6.0))`; `""` -> `()`. Raises
+    `ValueError` naming an unknown control, a repeated one, or a gain that is not a number > 0."""
+    gains: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep:
+            raise ValueError(f"control gain {item!r} is not NAME=GAIN")
+        if name not in bh.C:
+            known = ", ".join(bh.CONTROLS)
+            raise ValueError(f"control gain names {name!r}, not a control: {known}")
+        if name in gains:
+            raise ValueError(f"control gain names {name!r} twice")
+        try:
+            gain = float(value)
+        except ValueError:
+            wrong = value.strip()
+            raise ValueError(f"control gain of {name!r} is {wrong!r}, not a number") from None
+        if not gain > 0 or not math.isfinite(gain):
+            raise ValueError(f"control gain of {name!r} must be a finite number > 0, not {gain}")
+        gains[name] = gain
+    return tuple(gains.items())
+
+
+def gain_vector(gains: tuple[tuple[str, float], ...]) -> Tensor:
+    """`[K]`: each control's gain, 1 where `gains` does not name it."""
+    out = torch.ones(len(bh.CONTROLS))
+    for name, gain in gains:
+        out[bh.C[name]] = gain
+    return out
+
+
 class ControlReadout(NamedTuple):
-    """What `vae_loss` adds the control readout with: the head, the clips' controls `[B, 4n, K]`
-    and the term's weight."""
+    """What `vae_loss` adds the control readout with: the head, the clips' controls `[B, 4n, K]`,
+    the term's weight and each control's gain in it (`gain_vector`; None: all 1)."""
 
     head: ConvReadout
     controls: Tensor
     weight: float
+    gains: Tensor | None = None
 
 
 def head_reading(head: ConvReadout, mean: Tensor, controls: Tensor) -> tuple[Tensor, Tensor]:
@@ -128,10 +168,17 @@ def head_reading(head: ConvReadout, mean: Tensor, controls: Tensor) -> tuple[Ten
     return head(mean[:, 1:].flatten(0, 1).float()), want
 
 
-def control_loss(head: ConvReadout, mean: Tensor, controls: Tensor) -> Tensor:
-    """Squared error of `head_reading`, each control over its spread (`probe.CONTROL_STD`)."""
+def control_loss(
+    head: ConvReadout, mean: Tensor, controls: Tensor, gains: Tensor | None = None
+) -> Tensor:
+    """Squared error of `head_reading`, each control over its spread (`probe.CONTROL_STD`):
+    the mean over controls weighted by `gains` `[K]` (None: the plain mean), then over latents."""
     got, want = head_reading(head, mean, controls)
-    return ((got - want) / CONTROL_STD.to(got.device)).pow(2).mean()
+    err = ((got - want) / CONTROL_STD.to(got.device)).pow(2)
+    if gains is None:
+        return err.mean()
+    gains = gains.to(err.device)
+    return (err * gains).sum(-1).mean() / gains.sum()
 
 
 def vae_loss(
@@ -156,7 +203,8 @@ def vae_loss(
     if kl_weight > 0:
         loss = loss + kl_weight * vae_mod.kl_divergence(out.mean, out.logvar) / out.mean[0].numel()
     if readout is not None:
-        loss = loss + readout.weight * control_loss(readout.head, out.mean, readout.controls)
+        term = control_loss(readout.head, out.mean, readout.controls, readout.gains)
+        loss = loss + readout.weight * term
     return loss
 
 
@@ -224,13 +272,16 @@ def _step_fn(
     control head if there is one)."""
     params = [p for group in opt.param_groups for p in group["params"]]
     head = modules.get("head")
+    gains = gain_vector(cfg.control_gains).to(device) if cfg.control_gains else None
 
     def step(i: int) -> Tensor:
         lr = cosine_lr(cfg.lr, i, progress_of(state, cfg.steps, cfg.seconds), 200)
         for group in opt.param_groups:
             group["lr"] = lr
         clips = source.make(cfg.batch, chunks, rng, device)
-        readout = None if head is None else ControlReadout(head, clips.controls, cfg.control_weight)
+        readout = None
+        if head is not None:
+            readout = ControlReadout(head, clips.controls, cfg.control_weight, gains)
         frames, vae = clips.frames, modules["vae"]
         with autocast(device):
             loss = vae_loss(vae, frames, cfg.kl_weight, cfg.face_gain, cfg.latent_noise, readout)

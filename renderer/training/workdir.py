@@ -21,10 +21,12 @@ from flowact.renderer.training import footage, speech, world
 from flowact.renderer.training.base import ClipSource
 from flowact.renderer.training.common import StageState, save_atomically
 from flowact.renderer.training.export import load_checkpoint
+from flowact.renderer.training.vae_train import parse_control_gains
 from flowact.renderer.weights import read_index
 
 if TYPE_CHECKING:
     from flowact.renderer.training.pipeline import PipelineConfig
+    from flowact.renderer.training.probe import PoseProbe
 
 log = structlog.get_logger(__name__)
 
@@ -69,6 +71,13 @@ def check_config(cfg: PipelineConfig, data_files: tuple[str, ...] = DATA_FILES) 
             "vae_control_weight trains the VAE; with init_from the VAE is kept as it is "
             "unless vae_continue goes on training it"
         )
+    if cfg.vae_control_gains:
+        parse_control_gains(cfg.vae_control_gains)  # raises naming what is wrong
+        if cfg.vae_control_weight <= 0:
+            raise ValueError(
+                "vae_control_gains share out the control readout's term: give it "
+                "a vae_control_weight > 0"
+            )
     if cfg.anchor_temperature is not None and cfg.anchor_temperature < 0:
         raise ValueError(f"anchor_temperature must be >= 0, not {cfg.anchor_temperature}")
     if not cfg.init_from:
@@ -170,6 +179,14 @@ def _seed_from_workdir(work: Path, source: Path, cfg: PipelineConfig) -> None:
     log.info("workdir_seeded", source=str(source), workdir=str(work))
 
 
+def probe_to_continue(work: Path, cfg: PipelineConfig, device: torch.device) -> PoseProbe | None:
+    """The checkpoint's probe for a run's probe stage to go on training (a run with
+    `vae_continue` and `probe_continue` whose probe stage has not finished), else None."""
+    if not (cfg.vae_continue and cfg.probe_continue) or (work / "probe.pt").is_file():
+        return None
+    return load_checkpoint(cfg.init_from, device).probe.float()
+
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)  # the latents are hundreds of MB: share them where the disk allows
@@ -197,7 +214,9 @@ def _seed_from_checkpoint(work: Path, cfg: PipelineConfig) -> None:
     if not vae_path.is_file():
         spent = 0.0 if cfg.vae_continue else cfg.vae_seconds
         StageState({"vae": bundle.vae.float()}, step=1, seconds=spent).save(vae_path)
-        if not on_footage:
+        # the probe as it is, unless the run goes on training it on its new latent space
+        # (`probe_to_continue`)
+        if not on_footage and not (cfg.vae_continue and cfg.probe_continue):
             torch.save(bundle.probe.float().state_dict(), probe_path)
     if cfg.init_dit and not dit_path.is_file():
         dit, audio = bundle.model.float(), bundle.audio.float()

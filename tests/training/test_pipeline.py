@@ -300,6 +300,29 @@ def test_a_continuation_can_go_on_training_the_checkpoints_vae(main_run, tmp_pat
     assert not (tmp_path / "kept" / "vae").exists()  # refused before the workdir was seeded
 
 
+def test_a_continued_vae_can_take_the_probe_along_to_its_new_latent_space(main_run, tmp_path):
+    shipped = load_checkpoint(main_run[1])
+    flags = dict(vae_continue=True, vae_control_weight=0.5, vae_control_gains="smile=6,brows=6")
+    more = _continuation(main_run, tmp_path, "probe", probe_continue=True, **flags)
+    result = run_pipeline(replace(more, eval_seconds=0.0, teacher_eval_seconds=0.0))
+    assert result["config"]["vae_control_gains"] == "smile=6,brows=6"
+    assert set(result["vae"]["readout"]) == set(bh.CONTROLS)
+    # the probe went on from the checkpoint's (scored before and after), not from scratch
+    probe = result["probe"]
+    assert probe["steps"] > 0 and probe["started_from"] is not None
+    went_on = load_checkpoint(tmp_path / "probe_ckpt")
+    assert went_on.probe.config == shipped.probe.config
+    before, after = shipped.probe.state_dict(), went_on.probe.state_dict()
+    assert any(not torch.equal(after[k], v) for k, v in before.items())
+    # gains without the term they share out are refused before the workdir is seeded
+    bare = replace(more, workdir=str(tmp_path / "bare"), vae_control_weight=0.0)
+    with pytest.raises(ValueError, match="vae_control_gains share out"):
+        run_pipeline(bare)
+    with pytest.raises(ValueError, match="names 'frown', not a control"):
+        run_pipeline(replace(bare, vae_control_weight=0.5, vae_control_gains="frown=2"))
+    assert not (tmp_path / "bare" / "vae").exists()
+
+
 def test_a_checkpoint_takes_the_decoder_of_another_in_its_latent_space(main_run, tmp_path):
     _, ckpt, _ = main_run
     shipped = load_checkpoint(ckpt)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from flowact.renderer.model import FlowActMMDiT
+from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import data, vae_train, world
 from flowact.renderer.training.common import StageState
 from flowact.renderer.training.distill import DistillConfig, distill_loss, train_distill
@@ -22,7 +23,9 @@ from flowact.renderer.training.vae_train import (
     control_head,
     control_loss,
     finetune_decoder,
+    gain_vector,
     latent_controls,
+    parse_control_gains,
     reconstruction_psnr,
     train_vae,
     training_chunks,
@@ -100,6 +103,43 @@ def test_the_control_readout_trains_the_encoder_and_not_the_decoder(tiny_vae):
     assert joint[-1] < 0.7 * joint[0]
     alone = control_loss(head, vae.encode_posterior(clips.frames)[0], clips.controls)
     assert alone.item() < joint[-1]  # the readout's part is not the whole of it
+
+
+def test_control_gains_share_the_readout_term_out_among_the_controls(tiny_vae):
+    head = control_head(tiny_vae)
+    clips = world.make_clips(2, world.ClipConfig(chunks=1, size=(32, 32)), np.random.default_rng(0))
+    with torch.no_grad():
+        mean, _ = tiny_vae.encode_posterior(clips.frames)
+        got, want = vae_train.head_reading(head, mean, clips.controls)
+        per_control = ((got - want) / vae_train.CONTROL_STD).pow(2).mean(0)
+        plain = control_loss(head, mean, clips.controls)
+        ones = control_loss(head, mean, clips.controls, gain_vector(()))
+        gains = parse_control_gains("smile=6, brows=2")
+        weighted = control_loss(head, mean, clips.controls, gain_vector(gains))
+    assert gains == (("smile", 6.0), ("brows", 2.0))
+    assert ones.item() == pytest.approx(plain.item(), rel=1e-6)  # gains of 1: the plain mean
+    g = torch.ones(len(bh.CONTROLS))
+    g[bh.C["smile"]], g[bh.C["brows"]] = 6.0, 2.0
+    assert weighted.item() == pytest.approx((per_control * g).sum().item() / g.sum().item(), 1e-5)
+    # the smile's error now counts 6 times any unnamed control's
+    assert weighted.item() != pytest.approx(plain.item(), rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("grin=2", "names 'grin', not a control: mouth, yaw"),
+        ("smile=2,smile=3", "names 'smile' twice"),
+        ("smile", "'smile' is not NAME=GAIN"),
+        ("smile=lots", "gain of 'smile' is 'lots', not a number"),
+        ("brows=0", "gain of 'brows' must be a finite number > 0, not 0.0"),
+        ("brows=nan", "gain of 'brows' must be a finite number > 0, not nan"),
+    ],
+)
+def test_control_gains_name_what_is_wrong(spec, message):
+    with pytest.raises(ValueError, match=message):
+        parse_control_gains(spec)
+    assert parse_control_gains("") == parse_control_gains(" , ") == ()
 
 
 def test_a_vae_stage_with_a_control_head_starts_it_fresh_on_a_headless_state(tmp_path):
