@@ -30,6 +30,7 @@ from flowact.renderer.buffer import ChunkCondition
 from flowact.renderer.presets import RendererConfig
 from flowact.renderer.training import world
 from flowact.renderer.training.base import ClipSource
+from flowact.renderer.training.prompt_mix import PromptMix
 from flowact.schemas.timebase import FRAMES_PER_CHUNK, FRAMES_PER_LATENT, SAMPLES_PER_CHUNK
 
 MEMORY_CHUNKS = 4  # chunks whose last latent can sit in memory: long-term 3 + short-term 1
@@ -128,8 +129,10 @@ def sample_buffer(
     batch: int,
     encoder: torch.nn.Module | None,
     start_prob: float = 0.2,
+    mix: PromptMix | None = None,
 ) -> BufferBatch:
-    """A random batch of buffers; `encoder` None gives zero audio (stage 1)."""
+    """A random batch of buffers; `encoder` None gives zero audio (stage 1); with `mix`, each
+    buffer reads its prompts from its own mixed copy of `text_table` (`prompt_mix`)."""
     device = data.latents.device
     lpc = config.latents_per_chunk
     memory = config.long_term_size + config.short_term_size
@@ -168,7 +171,13 @@ def sample_buffer(
     prompt = _gather(data.prompt, rows, frame_chunk.clamp(min=0))  # [B, F, P]
     prompt = torch.where(has[..., None], prompt, -1)
     text_mask = prompt >= 0
-    text = text_table.to(device)[prompt.clamp(min=0)] * text_mask[..., None]
+    table = text_table.to(device)
+    if mix is None:
+        text = table[prompt.clamp(min=0)]
+    else:
+        tables = mix.tables(table, batch, rng)  # [B, N, Dt]
+        text = tables[torch.arange(batch, device=device)[:, None, None], prompt.clamp(min=0)]
+    text = text * text_mask[..., None]
 
     audio = torch.zeros(batch, cols.shape[1], config.audio_window, config.audio_dim, device=device)
     if encoder is not None:

@@ -33,6 +33,7 @@ from flowact.renderer.training.common import (
     run_steps,
 )
 from flowact.renderer.training.data import BufferBatch, LatentSet, face_weight, sample_buffer
+from flowact.renderer.training.prompt_mix import PromptMix
 from flowact.renderer.training.train import generated_memory
 
 
@@ -56,6 +57,7 @@ class DistillConfig:
     gen_level: tuple[float, float] = (0.15, 0.5)
     ema_decay: float = 0.999
     compile: bool = False  # torch.compile the teacher's and the student's blocks
+    prompt_mix: float = 0.0  # as DiffusionConfig.prompt_mix: the teacher is asked on them too
 
 
 def guided_velocity(
@@ -177,13 +179,14 @@ def train_distill(
     if path is not None:
         state.load(path)
     gen = torch.Generator(device).manual_seed(cfg.seed + state.step)
+    mix = PromptMix.world(cfg.prompt_mix) if cfg.prompt_mix > 0 else None
 
     def step(i: int) -> float:
         lr = cosine_lr(cfg.lr, i, progress_of(state, cfg.steps, cfg.seconds), cfg.warmup, 0.2)
         for group in opt.param_groups:
             group["lr"] = lr
         with torch.no_grad():
-            b = sample_buffer(data, student.config, text_table, gen, cfg.batch, encoder)
+            b = sample_buffer(data, student.config, text_table, gen, cfg.batch, encoder, mix=mix)
         loss = distill_loss(student, teacher, b, cfg, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()

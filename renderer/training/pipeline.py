@@ -137,6 +137,9 @@ class PipelineConfig:
     # its head trains on the latents first (behavior_readout.py); 0 = no term
     behavior_weight: float = 0.0
     behavior_head_seconds: float = 60.0
+    # training phrasings mixed in embedding space in stages 1-3 (prompt_mix.PromptMix): the
+    # chance per phrasing and buffer; 0 = none
+    prompt_mix: float = 0.0
     # prompt anchoring in the checkpoint's sampling.json (`flowact.renderer.anchors`): the
     # world's training phrasings at this temperature; None = none
     anchor_temperature: float | None = None
@@ -274,6 +277,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         staggered_prob=cfg.staggered_prob,
         gen_memory_prob=cfg.gen_memory_prob,
         behavior_weight=cfg.behavior_weight,
+        prompt_mix=cfg.prompt_mix,
         compile=cfg.compile,
     )
     stage = partial(train_diffusion, head=head)
@@ -302,6 +306,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         teacher_micro_steps=cfg.teacher_micro_steps,
         default_guidance=cfg.guidance,
         gen_memory_prob=cfg.gen_memory_prob,
+        prompt_mix=cfg.prompt_mix,
         compile=cfg.compile,
     )
     student, student_ema, st3 = train_distill(

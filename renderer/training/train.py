@@ -46,6 +46,7 @@ from flowact.renderer.training.common import (
     run_steps,
 )
 from flowact.renderer.training.data import BufferBatch, LatentSet, face_weight, sample_buffer
+from flowact.renderer.training.prompt_mix import PromptMix
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,9 @@ class DiffusionConfig:
     refine_weight: float = 0.5
     ema_decay: float = 0.999
     behavior_weight: float = 0.0  # the behavior readout term; needs a head (train_diffusion)
+    # the chance that a training phrasing's embedding is mixed with another of its behavior's,
+    # per buffer (`prompt_mix.PromptMix`, the world's prompts only); 0 = none
+    prompt_mix: float = 0.0
     compile: bool = False  # torch.compile the DiT's blocks (each buffer shape compiles once)
 
 
@@ -232,6 +236,7 @@ def train_diffusion(
     if path is not None:
         state.load(path)
     gen = torch.Generator(device).manual_seed(cfg.seed + state.step)
+    mix = PromptMix.world(cfg.prompt_mix) if cfg.prompt_mix > 0 else None
     if cfg.compile:
         model.compile_blocks()
     model.train()
@@ -241,9 +246,8 @@ def train_diffusion(
         progress_ = progress_of(state, cfg.steps, cfg.seconds)
         for group in opt.param_groups:
             group["lr"] = cosine_lr(group["base"], i, progress_, cfg.warmup)
-        b = sample_buffer(
-            data, model.config, text_table, gen, cfg.batch, encoder if cfg.audio else None
-        )
+        audio = encoder if cfg.audio else None
+        b = sample_buffer(data, model.config, text_table, gen, cfg.batch, audio, mix=mix)
         loss = diffusion_loss(
             model,
             b,

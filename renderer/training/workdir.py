@@ -39,6 +39,7 @@ SEEDED_FROM_WORKDIR = ("vae/state.pt", "probe.pt", "latents.pt")
 WORLD_ONLY = {
     "vae_control_weight": "each clip's ground-truth controls",
     "behavior_weight": "the behavior each prompt commands",
+    "prompt_mix": "which phrasings command the same behavior",
 }
 
 
@@ -66,6 +67,8 @@ def check_config(cfg: PipelineConfig, data_files: tuple[str, ...] = DATA_FILES) 
     for name in WORLD_ONLY:
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0, not {getattr(cfg, name)}")
+    if cfg.prompt_mix > 1:
+        raise ValueError(f"prompt_mix must be within [0, 1], not {cfg.prompt_mix}")
     if cfg.vae_control_weight > 0 and cfg.init_from and not cfg.vae_continue:
         raise ValueError(
             "vae_control_weight trains the VAE; with init_from the VAE is kept as it is "

@@ -279,6 +279,8 @@ def test_a_footage_run_names_what_it_cannot_do_before_training(prepared, tmp_pat
         run_pipeline(replace(cfg, vae_control_weight=0.5))
     with pytest.raises(ValueError, match="behavior_weight reads the behavior each prompt .* none"):
         run_pipeline(replace(cfg, behavior_weight=0.5))
+    with pytest.raises(ValueError, match="prompt_mix reads which phrasings command the same"):
+        run_pipeline(replace(cfg, prompt_mix=0.5))
     vae_cfg = VAETrainConfig(preset="tiny", size=(32, 32), chunks=1, control_weight=0.5)
     with pytest.raises(ValueError, match="ground-truth controls, which only the synthetic world"):
         train_vae(vae_cfg, None, torch.device("cpu"), FootageClips(out), progress=False)

@@ -249,7 +249,9 @@ def test_a_continuation_goes_on_training_the_checkpoints_dit_and_decoder(main_ru
 
 
 def test_a_continuation_with_the_behavior_readout_trains_its_head_first(main_run, tmp_path):
-    flags = dict(behavior_weight=0.5, behavior_head_seconds=1.0, anchor_temperature=0.0)
+    flags = dict(
+        behavior_weight=0.5, behavior_head_seconds=1.0, anchor_temperature=0.0, prompt_mix=0.5
+    )
     cfg = _continuation(main_run, tmp_path, "readout", eval_seconds=0.0, **flags)
     result = run_pipeline(replace(cfg, teacher_eval_seconds=0.0))
     # the checkpoint names the world's training phrasings as its prompt anchors
@@ -260,10 +262,13 @@ def test_a_continuation_with_the_behavior_readout_trains_its_head_first(main_run
     assert set(head["heldout_accuracy"]) == set(bh.BEHAVIOR_CHANNELS)
     assert (tmp_path / "readout" / "behavior_head.pt").is_file()
     assert result["stage2"]["steps"] > 0 and result["config"]["behavior_weight"] == 0.5
+    assert result["config"]["prompt_mix"] == 0.5 and result["stage3"]["steps"] > 0
     with pytest.raises(ValueError, match="behavior_weight must be >= 0, not -1.0"):
         run_pipeline(replace(cfg, behavior_weight=-1.0))
     with pytest.raises(ValueError, match="anchor_temperature must be >= 0, not -0.5"):
         run_pipeline(replace(cfg, anchor_temperature=-0.5))
+    with pytest.raises(ValueError, match=r"prompt_mix must be within \[0, 1\], not 1.5"):
+        run_pipeline(replace(cfg, prompt_mix=1.5))
 
 
 def test_a_continuation_can_go_on_training_the_checkpoints_vae(main_run, tmp_path):
