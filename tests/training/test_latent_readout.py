@@ -109,3 +109,28 @@ def test_the_command_names_a_workdir_without_a_vae(tmp_path):
     assert done.returncode == 2
     assert f"{tmp_path} holds no VAE stage" in done.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+def test_held_faces_read_each_expression_rendered_and_decoded(tmp_path, monkeypatch, capsys):
+    """`--faces` on the shipped checkpoint: every face behavior, its truth, and the probe's
+    readings; rendered, the probe tells a smile from a frown and a surprise's wide eyes."""
+    out = tmp_path / "faces.json"
+    argv = ["latent_readout", "--faces", "--checkpoint", str(DEMO), "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--eval-clips", "3", "--hold", "2"])
+    lr.main()
+    faces = json.loads(out.read_text())["faces"]
+    wanted = {b.name for b in bh.BEHAVIORS if b.channel == "face"} | {"neutral"}
+    assert set(faces) == wanted
+    for got in faces.values():
+        assert set(got) == {"truth", "raw", "decoded"}
+        assert all(set(v) == set(lr.FACE_READINGS) for v in got.values())
+    assert faces["frown"]["truth"] == pytest.approx(
+        {"smile": -1, "brows": -0.3, "eyes": bh.EYES_REST}
+    )
+    raw = {name: got["raw"] for name, got in faces.items()}
+    assert raw["smile"]["smile"] > raw["neutral"]["smile"] + 0.4
+    assert raw["frown"]["smile"] < raw["neutral"]["smile"] - 0.2
+    assert raw["surprise"]["eyes"] > raw["neutral"]["eyes"] + 0.2
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].startswith("| face | smile: truth / rendered / decoded")
+    assert "| frown | -1.00 / " in table
