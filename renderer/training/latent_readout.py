@@ -26,8 +26,8 @@ what a new latent space carries, before any DiT is trained on it.
 `--faces` looks at expressions alone (`held_faces`): `--eval-clips` unseen characters hold each
 face behavior's targets (and a neutral face) for `--hold` latents after a neutral reference
 frame, and the probe reads the smile, brows and eyes of the last 4 frames, rendered and
-through the VAE. A correlation
-over random poses hides a face that one VAE erases and another keeps; this shows it.
+through the VAE. A correlation over random poses can hide a face that the VAE erases while
+its opposite passes (a frown against a smile); this shows it.
 
     python -m flowact.renderer.training.latent_readout --faces --checkpoint checkpoints/demo \
         --out docs/training/reports/held_faces.json
