@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import latent_readout as lr
+from flowact.renderer.training import world
 
 DEMO = Path(__file__).resolve().parents[2] / "checkpoints" / "demo"
 
@@ -134,3 +136,9 @@ def test_held_faces_read_each_expression_rendered_and_decoded(tmp_path, monkeypa
     table = capsys.readouterr().out
     assert table.splitlines()[0].startswith("| face | smile: truth / rendered / decoded")
     assert "| frown | -1.00 / " in table
+    # and the picture of it: a row per face, rendered and decoded faces of 3 characters
+    picture = np.asarray(Image.open(out.with_suffix(".png")))
+    region = world.face_region(128, 128)
+    face_h, face_w = int(region.any(1).sum()), int(region.any(0).sum())
+    assert picture.shape == (len(wanted) * face_h * 2, 3 * 2 * face_w * 2, 3)
+    assert picture.std() > 10  # faces, not a blank
