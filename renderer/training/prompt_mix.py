@@ -11,6 +11,10 @@ So the DiT is asked to render a behavior over the stretch of text space between 
 not only at them. Held-out phrasings are never mixed, or mixed toward: they stay strings that
 no training step sees, and their rows are never read in training anyway.
 
+`heldout_reach` says what mixing can reach before any DiT trains on it: how near each
+held-out phrasing lies to its behavior's nearest training phrasing, and to the nearest blend
+of two of them, against the other behaviors of its channel.
+
 A buffer uses one table throughout, so a prompt that holds over several chunks keeps one
 embedding within it and does not look like a prompt change. Only the world knows which
 phrasings share a behavior (`behaviors.prompt_table`); footage prompts are free text, so a
@@ -72,3 +76,38 @@ class PromptMix:
         blend = share * table + (1 - share) * table[other.clamp(min=0)]
         scale = table.norm(dim=-1, keepdim=True) / blend.norm(dim=-1, keepdim=True).clamp(1e-6)
         return torch.where(mixed[..., None], blend * scale, table.expand(batch, -1, -1))
+
+
+def heldout_reach(table: Tensor, steps: int = 51) -> list[dict]:
+    """For each held-out phrasing of `table` (`[len(prompts), D]`, the embeddings of
+    `behaviors.prompt_table()`'s strings): the best cosine to a training phrasing of its own
+    behavior (`own_point`), to a blend of two of them (`own_blend`, over `steps` shares), and
+    the same for the best other behavior of its channel (`other_point`, `other_blend`)."""
+    texts, train, heldout = bh.prompt_table()
+    unit = table.double() / table.double().norm(dim=-1, keepdim=True)
+    share = torch.linspace(0, 1, steps, dtype=torch.double)[:, None, None, None]
+
+    def best(e: Tensor, ids: list[int]) -> tuple[float, float]:
+        points = unit[ids]
+        blends = share * points[None, :, None] + (1 - share) * points[None, None, :]
+        blends = blends / blends.norm(dim=-1, keepdim=True)
+        return float((points @ e).max()), float((blends @ e).max())
+
+    rows = []
+    for b, ids in heldout.items():
+        channel = bh.BEHAVIORS[b].channel
+        others = [c for c, o in enumerate(bh.BEHAVIORS) if o.channel == channel and c != b]
+        for i in ids:
+            own = best(unit[i], train[b])
+            rival = [best(unit[i], train[c]) for c in others]
+            rows.append(
+                {
+                    "behavior": bh.BEHAVIORS[b].name,
+                    "prompt": texts[i],
+                    "own_point": own[0],
+                    "own_blend": own[1],
+                    "other_point": max(r[0] for r in rival),
+                    "other_blend": max(r[1] for r in rival),
+                }
+            )
+    return rows

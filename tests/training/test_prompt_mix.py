@@ -10,7 +10,7 @@ from flowact.renderer.model import FlowActMMDiT
 from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import data
 from flowact.renderer.training.distill import DistillConfig, train_distill
-from flowact.renderer.training.prompt_mix import PromptMix
+from flowact.renderer.training.prompt_mix import PromptMix, heldout_reach
 from flowact.renderer.training.train import DiffusionConfig, train_diffusion
 
 
@@ -112,3 +112,20 @@ def test_the_training_stages_read_mixed_prompts(
 def _prompt_ids(text: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """The table row each unmixed embedding `[B, F, P, D]` came from, `[B, F, P]`."""
     return (text @ table.T).argmax(-1)
+
+
+def test_heldout_reach_finds_a_phrasing_that_lies_between_two_trained_ones(text_table):
+    _, train, heldout = bh.prompt_table()
+    table = text_table.clone()
+    smile = next(i for i, b in enumerate(bh.BEHAVIORS) if b.name == "smile")
+    a, c = train[smile][:2]
+    h = heldout[smile][0]
+    table[h] = (table[a] + table[c]) / 2  # a held-out phrasing halfway between two trained ones
+    rows = {row["prompt"]: row for row in heldout_reach(table)}
+    assert len(rows) == sum(len(ids) for ids in heldout.values())
+    row = rows[bh.prompt_table()[0][h]]
+    assert row["own_blend"] == pytest.approx(1.0, abs=1e-9)
+    assert row["own_point"] < 0.9 and row["other_blend"] < 0.9
+    for got in rows.values():  # a blend's end points are the phrasings themselves
+        assert got["own_blend"] >= got["own_point"] - 1e-12
+        assert got["other_blend"] >= got["other_point"] - 1e-12
