@@ -23,12 +23,12 @@ whose latent readouts are low as well is lost in the encoder.
 `--vae-continue` went on training) in place of the checkpoint's, with the checkpoint's probe:
 what a new latent space carries, before any DiT is trained on it.
 
-`--faces` looks at expressions alone (`held_faces`): `--eval-clips` unseen characters hold each
-face behavior's targets (and a neutral face) for `--hold` latents after a neutral reference
-frame, and the probe reads the smile, brows and eyes of the last 4 frames, rendered and
-through the VAE. A correlation over random poses can hide a face that the VAE erases while
-its opposite passes (a frown against a smile); this shows it, in figures and, beside the
-report, in a picture of 3 characters' faces, rendered and decoded.
+`--faces` looks at expressions alone (`face_clips`, `held_faces`): `--eval-clips` unseen
+characters hold each face behavior's targets (and a neutral face) for `--hold` latents after
+a neutral reference frame, and the probe reads the smile, brows and eyes of the last 4
+frames, rendered and through the VAE. A correlation over random poses can hide a face that
+the VAE erases while its opposite passes (a frown against a smile); this shows it, in figures
+and, beside the report, in a picture of 3 characters' faces, rendered and decoded.
 
     python -m flowact.renderer.training.latent_readout --faces --checkpoint checkpoints/demo \
         --out docs/training/reports/held_faces.json
@@ -40,6 +40,7 @@ import argparse
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import structlog
@@ -52,7 +53,7 @@ from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import world
 from flowact.renderer.training.common import StageState, pick_device
 from flowact.renderer.training.export import Bundle, load_checkpoint
-from flowact.renderer.training.probe import pearson, read_frames
+from flowact.renderer.training.probe import PoseProbe, pearson, read_frames
 from flowact.renderer.training.vae_train import ConvReadout
 from flowact.renderer.vae import CausalVideoVAE
 from flowact.schemas.timebase import FRAMES_PER_LATENT
@@ -245,52 +246,62 @@ def plot_readout(result: dict, out: Path) -> Path:
 FACE_READINGS = ("smile", "brows", "eyes")
 
 
-def _face_clips(bundle: Bundle, identities: int, latents: int, seed: int):
-    """Per face (neutral, then each face behavior of `behaviors.BEHAVIORS` at its targets):
-    its last frame's controls `[K]`, and `identities` unseen characters holding it after a
-    neutral reference frame, rendered and encoded and decoded by the bundle's VAE (each
-    `[N, 1 + 4 * latents, 3, H, W]`)."""
+class HeldFace(NamedTuple):
+    """One face of `face_clips`: its name, its held controls `[K]`, and the clips holding it,
+    rendered (`raw`) and through the VAE (`decoded`), each `[N, 1 + 4 * latents, 3, H, W]`."""
+
+    name: str
+    truth: np.ndarray
+    views: dict[str, Tensor]
+
+
+@torch.no_grad()
+def face_clips(
+    bundle: Bundle, identities: int = 16, latents: int = 3, seed: int = 0
+) -> list[HeldFace]:
+    """Neutral, then each face behavior of `behaviors.BEHAVIORS` at its targets, held by
+    `identities` unseen characters for `latents` latents after a neutral reference frame,
+    rendered and encoded and decoded by the bundle's VAE: a list of `HeldFace`."""
     device = next(bundle.vae.parameters()).device
     size = (bundle.config.height, bundle.config.width)
     people = world.sample_identities(identities, "eval", seed)
     faces = {"neutral": ()} | {b.name: b.targets for b in bh.BEHAVIORS if b.channel == "face"}
+    out = []
     for name, targets in faces.items():
         controls = bh.neutral_controls(1 + FRAMES_PER_LATENT * latents)
         for control, value in targets:
             controls[1:, bh.C[control]] = value
         clip = world.render(people, torch.from_numpy(controls[None].repeat(identities, 0)), size)
         decoded = bundle.vae.decode(bundle.vae.encode(clip.to(device))).cpu()
-        yield name, controls[-1], {"raw": clip, "decoded": decoded}
-
-
-@torch.no_grad()
-def held_faces(bundle: Bundle, identities: int = 16, latents: int = 3, seed: int = 0) -> dict:
-    """Per face (`_face_clips`): the truth and the probe's mean reading of `FACE_READINGS`
-    over the last 4 frames of `identities` unseen characters, rendered (`raw`) and through
-    the bundle's VAE (`decoded`)."""
-    out = {}
-    for name, truth, views in _face_clips(bundle, identities, latents, seed):
-        out[name] = {"truth": {k: float(truth[bh.C[k]]) for k in FACE_READINGS}}
-        for view, seen in views.items():
-            read = read_frames(bundle.probe, seen[:, -FRAMES_PER_LATENT:]).controls.mean((0, 1))
-            out[name][view] = {k: float(read[bh.C[k]]) for k in FACE_READINGS}
+        out.append(HeldFace(name, controls[-1], {"raw": clip, "decoded": decoded}))
     return out
 
 
 @torch.no_grad()
-def face_picture(bundle: Bundle, identities: int = 3, latents: int = 3, seed: int = 0) -> Tensor:
-    """The faces of `_face_clips` to look at: a row per face, and per character its last
-    frame rendered and through the VAE side by side, cut to the face (`world.face_region`);
-    uint8 `[rows * h, identities * 2 * w, 3]`."""
-    h, w = bundle.config.height, bundle.config.width
-    region = world.face_region(h, w)
+def held_faces(probe: PoseProbe, faces: list[HeldFace]) -> dict:
+    """Per face of `face_clips`: the truth and `probe`'s mean reading of `FACE_READINGS` over
+    the last 4 frames of its characters, rendered (`raw`) and through the VAE (`decoded`)."""
+    out = {}
+    for face in faces:
+        out[face.name] = {"truth": {k: float(face.truth[bh.C[k]]) for k in FACE_READINGS}}
+        for view, seen in face.views.items():
+            read = read_frames(probe, seen[:, -FRAMES_PER_LATENT:]).controls.mean((0, 1))
+            out[face.name][view] = {k: float(read[bh.C[k]]) for k in FACE_READINGS}
+    return out
+
+
+def face_picture(faces: list[HeldFace], identities: int = 3) -> Tensor:
+    """The faces of `face_clips` to look at: a row per face, and per character (the first
+    `identities`) its last frame rendered and through the VAE side by side, cut to the face
+    (`world.face_region`); uint8 `[rows * h, identities * 2 * w, 3]`."""
+    region = world.face_region(*faces[0].views["raw"].shape[-2:])
     ys, xs = region.any(1).nonzero()[:, 0], region.any(0).nonzero()[:, 0]
     cut = (slice(int(ys[0]), int(ys[-1]) + 1), slice(int(xs[0]), int(xs[-1]) + 1))
     rows = []
-    for _, _, views in _face_clips(bundle, identities, latents, seed):
-        pairs = torch.stack([views["raw"][:, -1], views["decoded"][:, -1]], 1)  # [N, 2, 3, H, W]
-        faces = pairs[..., cut[0], cut[1]].flatten(0, 1)  # [2N, 3, h', w']
-        rows.append(torch.cat(list(faces), -1))  # [3, h', 2N * w']
+    for face in faces:
+        last = [face.views[v][:identities, -1] for v in ("raw", "decoded")]
+        pairs = torch.stack(last, 1)[..., cut[0], cut[1]]  # [N, 2, 3, h', w']
+        rows.append(torch.cat(list(pairs.flatten(0, 1)), -1))  # [3, h', 2N * w']
     image = (torch.cat(rows, -2).clamp(-1, 1) + 1) * 127.5
     return image.round().to(torch.uint8).permute(1, 2, 0)
 
@@ -340,23 +351,22 @@ def main() -> None:
         except FileNotFoundError as err:
             parser.error(str(err))  # exits 2 with the usage line
     if args.faces:
-        faces = held_faces(bundle, cfg.eval_clips, cfg.hold, cfg.seed)
-        result = {"faces": faces, "checkpoint": str(args.checkpoint)}
-        result["vae"] = str(args.vae or args.checkpoint)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
-        print(faces_table(faces))  # noqa: T201  (the command's output)
-        picture = face_picture(bundle, latents=cfg.hold, seed=cfg.seed)
+        faces = face_clips(bundle, cfg.eval_clips, cfg.hold, cfg.seed)
+        result = {"faces": held_faces(bundle.probe, faces)}
+    else:
+        result = run_readout(bundle, cfg)
+    result["checkpoint"] = str(args.checkpoint)
+    result["vae"] = str(args.vae or args.checkpoint)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    if args.faces:
+        print(faces_table(result["faces"]))  # noqa: T201  (the command's output, as eval's)
+        picture = face_picture(faces)
         png = args.out.with_suffix(".png")
         big = picture.repeat_interleave(2, 0).repeat_interleave(2, 1)  # faces are small
         png.write_bytes(encode_png(big.numpy()))
         log.info("held_faces_written", report=str(args.out), picture=str(png))
         return
-    result = run_readout(bundle, cfg)
-    result["checkpoint"] = str(args.checkpoint)
-    result["vae"] = str(args.vae or args.checkpoint)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
     png = plot_readout(result, args.out.with_suffix(".png"))
     log.info("latent_readout_written", report=str(args.out), plot=str(png))
 

@@ -68,8 +68,8 @@ class PromptMix:
         siblings = self.siblings.to(device)
         count = (siblings >= 0).sum(-1)  # [N]
         n = table.shape[0]
-        pick = (torch.rand(batch, n, generator=gen, device=device) * count).long()
-        other = siblings.gather(1, pick.clamp(max=siblings.shape[1] - 1).T).T  # [B, N]
+        pick = (torch.rand(batch, n, generator=gen, device=device) * count).long()  # [B, N]
+        other = siblings[torch.arange(n, device=device), pick]  # -1 where count is 0
         mixed = torch.rand(batch, n, generator=gen, device=device) < self.prob
         mixed &= count > 0
         share = torch.rand(batch, n, 1, generator=gen, device=device)
