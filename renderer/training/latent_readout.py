@@ -280,14 +280,27 @@ def face_clips(
 @torch.no_grad()
 def held_faces(probe: PoseProbe, faces: list[HeldFace]) -> dict:
     """Per face of `face_clips`: the truth and `probe`'s mean reading of `FACE_READINGS` over
-    the last 4 frames of its characters, rendered (`raw`) and through the VAE (`decoded`)."""
+    the last 4 frames of its characters, rendered (`raw`) and through the VAE (`decoded`), and
+    the share of its pixels' change from the neutral face (the first) that the VAE keeps
+    (`kept`, None for the neutral face itself)."""
     out = {}
     for face in faces:
         out[face.name] = {"truth": {k: float(face.truth[bh.C[k]]) for k in FACE_READINGS}}
         for view, seen in face.views.items():
             read = read_frames(probe, seen[:, -FRAMES_PER_LATENT:]).controls.mean((0, 1))
             out[face.name][view] = {k: float(read[bh.C[k]]) for k in FACE_READINGS}
+        out[face.name]["kept"] = None if face is faces[0] else pixels_kept(faces[0], face)
     return out
+
+
+def pixels_kept(neutral: HeldFace, face: HeldFace) -> float:
+    """How much of `face`'s change from `neutral` in pixels survives the VAE, over the last 4
+    frames: the decoded change projected on the rendered one, over the rendered one's energy
+    (1: all of it, 0: none, whatever else the VAE changes). The probe need not read it."""
+    last = slice(-FRAMES_PER_LATENT, None)
+    drawn = face.views["raw"][:, last] - neutral.views["raw"][:, last]
+    decoded = face.views["decoded"][:, last] - neutral.views["decoded"][:, last]
+    return float((drawn * decoded).sum() / drawn.pow(2).sum().clamp(min=1e-12))
 
 
 def face_picture(faces: list[HeldFace], identities: int = 3) -> Tensor:
@@ -307,16 +320,20 @@ def face_picture(faces: list[HeldFace], identities: int = 3) -> Tensor:
 
 
 def faces_table(faces: dict) -> str:
-    """`held_faces` as a markdown table: per face, truth / rendered / decoded of each reading."""
+    """`held_faces` as a markdown table: per face, truth / rendered / decoded of each reading,
+    and the share of its pixels kept."""
     lines = [
-        "| face | " + " | ".join(f"{k}: truth / rendered / decoded" for k in FACE_READINGS) + " |",
-        "| --- |" + " --- |" * len(FACE_READINGS),
+        "| face | "
+        + " | ".join(f"{k}: truth / rendered / decoded" for k in FACE_READINGS)
+        + " | pixels kept |",
+        "| --- |" + " --- |" * (len(FACE_READINGS) + 1),
     ]
     for name, got in faces.items():
         cells = [
             f"{got['truth'][k]:.2f} / {got['raw'][k]:.2f} / {got['decoded'][k]:.2f}"
             for k in FACE_READINGS
         ]
+        cells.append("" if got["kept"] is None else f"{got['kept']:.2f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

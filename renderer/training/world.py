@@ -283,10 +283,14 @@ def _eyes(cv, f, c, x, y, fx, fy) -> None:
     gap = _p(f["eye_gap"][:, 0])
     open_ = _p(c["eyes"].clamp(0, 1.3))
     brows = _p(c["brows"])
-    smile = _p(c["smile"])
+    frown = (-_p(c["smile"])).clamp(0, 1)
     ey = fy - 0.035
     white = torch.tensor([0.97, 0.97, 0.95], device=x.device).expand_as(f["skin"])
     dark = f["hair"] * 0.6
+    # knitted brows shade the brow line, a band about as large as a smile's blush: the lips'
+    # corners alone move a frown by less than half a latent cell, which no VAE kept
+    furrow = _ellipse(x, y, fx, ey - 0.04, 0.10, 0.025)
+    cv.paint(cv.alpha(furrow) * 0.5 * frown, f["skin"] * 0.5, is_alpha=True)
     for side in (-1.0, 1.0):
         ex = fx + side * gap
         eye = _ellipse(x, y, ex, ey, 0.03, 0.024 * open_ + 1e-3)
@@ -299,7 +303,7 @@ def _eyes(cv, f, c, x, y, fx, fy) -> None:
         cv.paint(cv.alpha(lashes) * (1 - open_ / 0.3).clamp(0, 1), dark, is_alpha=True)
         # brows: raised with surprise, inner end lowered with a frown
         by = ey - 0.045 - 0.025 * brows
-        tilt = 0.012 * (-smile).clamp(min=0)
+        tilt = 0.012 * frown
         inner_x, outer_x = ex - side * 0.028, ex + side * 0.032
         cv.paint(_capsule(x, y, inner_x, by + tilt, outer_x, by - 0.004, 0.007), dark)
 

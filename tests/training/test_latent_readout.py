@@ -124,8 +124,11 @@ def test_held_faces_read_each_expression_rendered_and_decoded(tmp_path, monkeypa
     wanted = {b.name for b in bh.BEHAVIORS if b.channel == "face"} | {"neutral"}
     assert set(faces) == wanted
     for got in faces.values():
-        assert set(got) == {"truth", "raw", "decoded"}
-        assert all(set(v) == set(lr.FACE_READINGS) for v in got.values())
+        assert set(got) == {"truth", "raw", "decoded", "kept"}
+        assert all(set(got[v]) == set(lr.FACE_READINGS) for v in ("truth", "raw", "decoded"))
+    assert faces["neutral"]["kept"] is None
+    # the shipped VAE keeps a frown's pixels about as it keeps a smile's (its brow shade)
+    assert 0 < faces["smile"]["kept"] < 1 and faces["frown"]["kept"] > 0.5 * faces["smile"]["kept"]
     assert faces["frown"]["truth"] == pytest.approx(
         {"smile": -1, "brows": -0.3, "eyes": bh.EYES_REST}
     )
@@ -142,3 +145,26 @@ def test_held_faces_read_each_expression_rendered_and_decoded(tmp_path, monkeypa
     face_h, face_w = int(region.any(1).sum()), int(region.any(0).sum())
     assert picture.shape == (len(wanted) * face_h * 2, 3 * 2 * face_w * 2, 3)
     assert picture.std() > 10  # faces, not a blank
+
+
+def test_pixels_kept_is_the_share_of_a_change_that_comes_through():
+    shape = (2, 1 + 4 * 2, 3, 8, 8)
+    neutral_raw, face_raw = torch.zeros(shape), torch.randn(shape)
+    neutral = lr.HeldFace("neutral", np.zeros(1), {"raw": neutral_raw, "decoded": neutral_raw})
+
+    def face(decoded: torch.Tensor) -> lr.HeldFace:
+        return lr.HeldFace("face", np.zeros(1), {"raw": face_raw, "decoded": decoded})
+
+    assert lr.pixels_kept(neutral, face(face_raw)) == pytest.approx(1.0)
+    assert lr.pixels_kept(neutral, face(0.3 * face_raw)) == pytest.approx(0.3)
+    assert lr.pixels_kept(neutral, face(neutral_raw)) == pytest.approx(0.0)  # erased
+    # only the last latent's 4 frames count: the face is held by then
+    early = face_raw.clone()
+    early[:, :-4] = 0
+    assert lr.pixels_kept(neutral, face(early)) == pytest.approx(1.0)
+    # what the VAE changes elsewhere (not the drawn change) does not count as kept
+    last = face_raw[:, -4:]
+    other = torch.zeros(shape)
+    other[:, -4:] = torch.randn(last.shape)
+    other[:, -4:] -= (other[:, -4:] * last).sum() / last.pow(2).sum() * last  # orthogonal
+    assert lr.pixels_kept(neutral, face(face_raw + other)) == pytest.approx(1.0, abs=1e-4)

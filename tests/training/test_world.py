@@ -52,6 +52,14 @@ def test_mouth_control_moves_only_the_lower_face():
     assert 0.4 < ys.float().mean() / 64 < 0.65
 
 
+def test_a_frown_shades_the_brows_over_an_area_like_a_smiles_blush():
+    """A frown must be large enough for a latent grid to carry: not only the lips' corners."""
+    smile = torch.nonzero(_pair("smile", 0.0, 1.0) > 0.1)
+    frown = torch.nonzero(_pair("smile", 0.0, -1.0) > 0.1)
+    assert len(frown) > 0.6 * len(smile)
+    assert (frown[:, 0] < 0.38 * 64).sum() > len(frown) / 2  # above the head's middle: the brows
+
+
 def test_arm_and_head_controls_move_their_parts():
     wave = _pair("r_raise", 0.05, 0.8)
     ys, xs = torch.nonzero(wave > 0.1, as_tuple=True)
