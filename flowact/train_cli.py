@@ -82,13 +82,35 @@ def train_run(
     compile_dit: Annotated[
         bool, typer.Option("--compile", help="torch.compile the DiT blocks (stages 1-3).")
     ] = False,
+    settings: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--set",
+            metavar="FIELD=VALUE",
+            help="Any other setting of the curriculum, e.g. stage2_seconds=480 or "
+            "prompt_mix=0.5 (the fields of `python -m flowact.renderer.training.pipeline run "
+            "--help`); repeat for more.",
+        ),
+    ] = None,
     device: DeviceOption = None,
 ) -> None:
     """VAE, probe, stages 1-3 and evaluation (on footage: no probe, no evaluation); resumes
     from `--workdir`."""
-    from flowact.renderer.training.pipeline import PipelineConfig, run_pipeline
+    from flowact.renderer.training.pipeline import PipelineConfig, parse_setting, run_pipeline
     from flowact.renderer.training.workdir import check_config
 
+    named = {"preset", "data", "workdir", "checkpoint", "deadline", "device", "init_from"}
+    named |= {"init_dit", "vae_continue", "compile"}
+    overrides = {}
+    for text in settings or []:
+        try:
+            name, value = parse_setting(text)
+        except ValueError as err:
+            raise typer.BadParameter(str(err), param_hint="--set") from None
+        if name in named:
+            flag = "--" + name.replace("_", "-")
+            raise typer.BadParameter(f"{name} has its own option: {flag}", param_hint="--set")
+        overrides[name] = value
     config = PipelineConfig(
         preset=preset,
         data=str(data),
@@ -100,6 +122,7 @@ def train_run(
         init_dit=init_dit,
         vae_continue=vae_continue,
         compile=compile_dit,
+        **overrides,
     )
     try:
         check_config(config)

@@ -108,3 +108,28 @@ def test_train_run_names_a_bad_start_before_it_trains(tmp_path: Path) -> None:
     args = ["--data", str(tmp_path / "none"), "--workdir", str(tmp_path / "w")]
     done = subprocess.run([*module, *args], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "lacks speech_train.npz" in done.stderr
+
+
+def test_train_run_takes_any_curriculum_setting_by_set(tmp_path: Path) -> None:
+    """`--set FIELD=VALUE` reaches the pipeline's config in the field's type: a value the run
+    refuses is refused by name, before any training, as are a wrong field, type or form."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("speech_train.npz", "speech_eval.npz", "text_table.pt"):
+        (data / name).touch()
+    wide = {**os.environ, "COLUMNS": "400"}
+    base = ("train", "run", "--data", str(data), "--workdir", str(tmp_path / "w"))
+    cases = {
+        "prompt-mix=2": "prompt_mix must be within [0, 1], not 2.0",
+        "vae_control_gains=smile=8": "give it a vae_control_weight > 0",
+        "stage2_seconds=soon": "stage2_seconds takes float, not 'soon'",
+        "probe_continue=maybe": "probe_continue is true or false, not 'maybe'",
+        "stage9_seconds=1": "'stage9_seconds' is not a setting of the pipeline",
+        "latent_clips": "'latent_clips' is not FIELD=VALUE",
+        "workdir=elsewhere": "workdir has its own option: --workdir",
+    }
+    for setting, message in cases.items():
+        done = run(*base, "--set", "seed=3", "--set", setting, env=wide)
+        assert done.returncode == 2, setting
+        assert message in " ".join(done.stderr.split()), (setting, done.stderr)
+    assert not (tmp_path / "w").exists()

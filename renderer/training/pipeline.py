@@ -418,6 +418,38 @@ def _evaluate(
     return results
 
 
+# fields given as text: names and paths
+_TEXT_FIELDS = ("preset", "data", "workdir", "checkpoint", "device", "init_from")
+
+
+def _field_kind(name: str, default: object) -> type:
+    """The type a `PipelineConfig` field's value is given in on the command line."""
+    if name in _TEXT_FIELDS:
+        return str
+    return float if default is None or isinstance(default, float) else type(default)
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    """`FIELD=VALUE` -> the `PipelineConfig` field (dashes or underscores) and its value in the
+    field's type; raises `ValueError` naming what is wrong."""
+    name, sep, raw = text.partition("=")
+    name = name.strip().replace("-", "_")
+    defaults = asdict(PipelineConfig())
+    if not sep or not name:
+        raise ValueError(f"{text!r} is not FIELD=VALUE")
+    if name not in defaults:
+        raise ValueError(f"{name!r} is not a setting of the pipeline; it has {', '.join(defaults)}")
+    kind, raw = _field_kind(name, defaults[name]), raw.strip()
+    if kind is bool:
+        if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"{name} is true or false, not {raw!r}")
+        return name, raw.lower() in ("true", "1", "yes")
+    try:
+        return name, kind(raw)
+    except ValueError:
+        raise ValueError(f"{name} takes {kind.__name__}, not {raw!r}") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -440,10 +472,7 @@ def main() -> None:
             if isinstance(value, bool):
                 command.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
                 continue
-            kind = type(value) if value is not None and not isinstance(value, float) else float
-            if name in ("preset", "data", "workdir", "checkpoint", "device", "init_from"):
-                kind = str
-            command.add_argument(flag, type=kind, default=value)
+            command.add_argument(flag, type=_field_kind(name, value), default=value)
     args = parser.parse_args()
     if args.cmd == "prepare":
         prepare_data(args.data, args.preset)
