@@ -127,8 +127,9 @@ def test_held_faces_read_each_expression_rendered_and_decoded(tmp_path, monkeypa
         assert set(got) == {"truth", "raw", "decoded", "kept"}
         assert all(set(got[v]) == set(lr.FACE_READINGS) for v in ("truth", "raw", "decoded"))
     assert faces["neutral"]["kept"] is None
-    # the shipped VAE keeps a frown's pixels about as it keeps a smile's (its brow shade)
-    assert 0 < faces["smile"]["kept"] < 1 and faces["frown"]["kept"] > 0.5 * faces["smile"]["kept"]
+    # the shipped VAE keeps a good share of a frown's pixels (its brow shade; a frown drawn by
+    # the mouth and brows alone kept 0.08 of them)
+    assert 0 < faces["smile"]["kept"] < 1 and faces["frown"]["kept"] > 0.2
     assert faces["frown"]["truth"] == pytest.approx(
         {"smile": -1, "brows": -0.3, "eyes": bh.EYES_REST}
     )
