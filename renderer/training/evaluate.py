@@ -13,7 +13,9 @@ Metrics, per `bin_seconds` of stream time and over the whole stream:
   (`speech.mouth_from_pcm`), generated vs ground-truth frames;
 - behavior accuracy: per channel and 24-frame window fully inside a commanded segment, the
   behavior `behaviors.classify` reads from the probe's controls equals the command (over all
-  channels, and for each prompt channel alone);
+  channels, and for each prompt channel alone); what each command was read as
+  (`behavior_confusion`), and how soon a command is followed and how long a finished one
+  lingers (`behavior_timing`);
 - identity drift: distance of the probe's identity embedding from the reference frame's;
 - smoothness: mean absolute frame-to-frame change of the probe's controls, and the seam ratio
   (pixel change across chunk boundaries over the change within chunks; 1 = seamless).
@@ -353,34 +355,76 @@ def segment_starts(behavior: np.ndarray) -> np.ndarray:
     return np.maximum.accumulate(np.where(change, frames, 0), axis=1)
 
 
-def behavior_onset(
+def previous_behavior(behavior: np.ndarray) -> np.ndarray:
+    """Per stream, frame and channel, the behavior commanded by the segment before the current
+    one `[B, T, P]`: `NO_SEGMENT` in a stream's first segment, -1 where it was idle."""
+    starts = segment_starts(behavior)
+    before = np.take_along_axis(behavior, np.maximum(starts - 1, 0), axis=1)
+    return np.where(starts > 0, before, NO_SEGMENT)
+
+
+NO_SEGMENT = -2  # `previous_behavior` of a stream's first segment
+
+
+def behavior_timing(
     controls: np.ndarray,
     behavior: np.ndarray,
     window: int,
     protos: dict[str, np.ndarray],
     bins: int = 5,
-) -> dict[str, list]:
-    """How soon a command is followed: of the windows of commanded behaviors (idle left out),
-    the share classified as commanded, by how long after the command the window starts (in
-    whole windows; the last bin pools the rest). `{"seconds": bin starts, "accuracy",
-    "windows"}`; an empty bin's accuracy is NaN."""
-    return _onset(_steady_windows(controls, behavior, window, protos), behavior, window, bins)
+) -> dict[str, dict[str, list]]:
+    """When commands are followed and let go, by how long after the command a window starts
+    (in whole windows; the last bin pools the rest):
+    - `onset`: of the windows of commanded behaviors (idle left out), the share classified as
+      commanded: `{"seconds": bin starts, "accuracy", "windows"}`;
+    - `linger`: of the windows whose segment follows one that commanded a behavior on the same
+      channel (the new command idle or another behavior), the share still classified as that
+      earlier behavior: `{"seconds", "share", "windows"}`.
+    An empty bin's share is NaN."""
+    windows = list(_steady_windows(controls, behavior, window, protos))
+    return {
+        "onset": _onset(windows, behavior, window, bins),
+        "linger": _linger(windows, behavior, window, bins),
+    }
 
 
 def _onset(windows, behavior: np.ndarray, window: int, bins: int = 5) -> dict[str, list]:
-    starts = segment_starts(behavior)
-    hits, total = np.zeros(bins), np.zeros(bins)
+    def counted(commanded, pred, _):
+        return commanded >= 0, pred == commanded
+
+    hits, total = _by_delay(windows, behavior, window, bins, counted)
+    return {**_bin_starts(window, bins), "accuracy": _shares(hits, total), "windows": total}
+
+
+def _linger(windows, behavior: np.ndarray, window: int, bins: int = 5) -> dict[str, list]:
+    def counted(_, pred, before):
+        return before >= 0, pred == before
+
+    hits, total = _by_delay(windows, behavior, window, bins, counted)
+    return {**_bin_starts(window, bins), "share": _shares(hits, total), "windows": total}
+
+
+def _by_delay(windows, behavior: np.ndarray, window: int, bins: int, counted):
+    """Windows binned by how long after their segment's command they start (whole windows, the
+    last bin pooling the rest): per bin, how many `counted(commanded, classified, the segment
+    before's behavior)` counts, and how many of those hit (both `[n]` bool)."""
+    starts, before = segment_starts(behavior), previous_behavior(behavior)
+    hits, total = np.zeros(bins, int), np.zeros(bins, int)
     for channel, start, steady, commanded, pred in windows:
         ch = bh.BEHAVIOR_CHANNELS.index(channel)
         late = np.minimum((start - starts[steady, start, ch]) // window, bins - 1)
-        on = commanded >= 0
-        np.add.at(total, late[on], 1)
-        np.add.at(hits, late[on], (pred == commanded)[on])
-    return {
-        "seconds": [k * window / FPS for k in range(bins)],
-        "accuracy": [_share(int(h), int(n)) for h, n in zip(hits, total, strict=True)],
-        "windows": total.astype(int).tolist(),
-    }
+        count, hit = counted(commanded, pred, before[steady, start, ch])
+        np.add.at(total, late[count], 1)
+        np.add.at(hits, late[count], hit[count])
+    return hits.tolist(), total.tolist()
+
+
+def _bin_starts(window: int, bins: int) -> dict[str, list]:
+    return {"seconds": [k * window / FPS for k in range(bins)]}
+
+
+def _shares(hits: list[int], total: list[int]) -> list[float]:
+    return [_share(h, n) for h, n in zip(hits, total, strict=True)]
 
 
 def confusion_hits(table: dict[str, dict[str, int]]) -> tuple[int, int]:
@@ -471,6 +515,7 @@ def compute_report(r: StreamReadings, cfg: EvalConfig) -> EvalReport:
     }
     confusion = {kind: _confusion(w) for kind, w in windows.items()}
     onset = {kind: _onset(w, r.behavior, cfg.window) for kind, w in windows.items()}
+    linger = {kind: _linger(w, r.behavior, cfg.window) for kind, w in windows.items()}
     by_kind = {kind: confusion_accuracy(tables)[1] for kind, tables in confusion.items()}
     channels = {ch: {kind: by_kind[kind][ch] for kind in by_kind} for ch in bh.BEHAVIOR_CHANNELS}
     return EvalReport(
@@ -481,6 +526,7 @@ def compute_report(r: StreamReadings, cfg: EvalConfig) -> EvalReport:
         behavior_channels=channels,
         behavior_confusion=confusion,
         behavior_onset=onset,
+        behavior_linger=linger,
     )
 
 

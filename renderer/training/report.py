@@ -32,9 +32,12 @@ class EvalReport:
     # what each commanded behavior was read as, per channel (`behavior_confusion`):
     # {"generated", "ground_truth"} -> channel -> commanded -> classified -> windows
     behavior_confusion: dict[str, dict] = field(default_factory=dict)
-    # how soon commands are followed (`behavior_onset`): {"generated", "ground_truth"} ->
-    # {"seconds", "accuracy", "windows"}
+    # how soon commands are followed (`behavior_timing`'s onset): {"generated",
+    # "ground_truth"} -> {"seconds", "accuracy", "windows"}
     behavior_onset: dict[str, dict] = field(default_factory=dict)
+    # how long finished commands linger (`behavior_timing`'s linger; empty in reports written
+    # before it was measured): {"generated", "ground_truth"} -> {"seconds", "share", "windows"}
+    behavior_linger: dict[str, dict] = field(default_factory=dict)
 
     def table(self) -> str:
         columns = ["metric", "generated", "ground truth"]
@@ -200,19 +203,23 @@ def plot_channels(reports: dict[str, EvalReport], out: str | Path) -> Path:
     return _save(plt, fig, out)
 
 
-def _plot_onset(plt, onset: dict[str, dict], path: Path) -> Path:
-    """Share of windows read as commanded against the time since the command."""
+def _plot_onset(plt, onset: dict[str, dict], linger: dict[str, dict], path: Path) -> Path:
+    """Against the time since a command: the share of windows read as commanded, and (where
+    measured) the share still read as the behavior the command ended."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
+    seconds = next(iter(onset.values()))["seconds"]
     for kind, style in (("generated", "o-"), ("ground_truth", "s--")):
+        name = kind.replace("_", " ")
         if kind in onset:
-            seconds = onset[kind]["seconds"]
-            ax.plot(seconds, onset[kind]["accuracy"], style, label=kind.replace("_", " "))
+            ax.plot(seconds, onset[kind]["accuracy"], style, color="C0", label=f"{name}: followed")
+        if kind in linger:
+            ax.plot(seconds, linger[kind]["share"], style, color="C3", label=f"{name}: lingering")
     ax.set_xticks(seconds, [f"{s:.1f}" for s in seconds[:-1]] + [f"{seconds[-1]:.1f}+"])
     ax.set_xlabel("window starts this long after the command (s)")
-    ax.set_ylabel("behavior accuracy")
+    ax.set_ylabel("share of windows")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     return _save(plt, fig, path)
 
 
@@ -254,7 +261,8 @@ def write_plots(report: EvalReport, film: list[np.ndarray], out_dir: Path) -> li
         fig.savefig(paths[-1], dpi=100)
         plt.close(fig)
     if report.behavior_onset:
-        paths.append(_plot_onset(plt, report.behavior_onset, out_dir / "behavior_onset.png"))
+        path = out_dir / "behavior_onset.png"
+        paths.append(_plot_onset(plt, report.behavior_onset, report.behavior_linger, path))
     if report.behavior_confusion:
         confusion = dict(report.behavior_confusion)
         if "behavior_confusion" in report.vae:

@@ -191,6 +191,9 @@ def test_run_eval_writes_a_table_and_reports(tmp_path):
     assert str(loaded.behavior_onset) == str(report.behavior_onset)  # NaN: an empty bin
     onset = report.behavior_onset["generated"]
     assert len(onset["seconds"]) == len(onset["accuracy"]) == len(onset["windows"]) == 5
+    assert str(loaded.behavior_linger) == str(report.behavior_linger)
+    linger = report.behavior_linger["ground_truth"]
+    assert linger["seconds"] == onset["seconds"] and len(linger["share"]) == 5
     assert (tmp_path / "eval" / "behavior_onset.png").stat().st_size > 0
     assert "| behavior: face |" in (tmp_path / "eval" / "report.md").read_text()
     assert len(report.bins["identity_drift"]["generated"]) >= 2
@@ -253,19 +256,33 @@ def test_behavior_accuracy_pools_the_channels_and_tells_them_apart():
 
 
 def test_a_late_response_reads_low_right_after_the_command_and_catches_up():
-    from flowact.renderer.training.evaluate import behavior_onset, segment_starts
+    from flowact.renderer.training.evaluate import (
+        NO_SEGMENT,
+        behavior_timing,
+        previous_behavior,
+        segment_starts,
+    )
 
     behavior = np.array([[-1, -1, 3, 3, 3, 5, 5]])[..., None]  # [B=1, T=7, P=1]
     assert segment_starts(behavior)[0, :, 0].tolist() == [0, 0, 2, 2, 2, 5, 5]
+    assert previous_behavior(behavior)[0, :, 0].tolist() == [NO_SEGMENT] * 2 + [-1] * 3 + [3] * 2
     controls, behavior, protos, window = _commanded_streams(60, (6, 10))
-    prompt = behavior_onset(controls, behavior, window, protos, bins=4)
+    on_time = behavior_timing(controls, behavior, window, protos, bins=4)
     late = np.concatenate([controls[:, :window].copy(), controls[:, :-window]], 1)  # 0.96 s late
-    slow = behavior_onset(late, behavior, window, protos, bins=4)
+    delayed = behavior_timing(late, behavior, window, protos, bins=4)
+    prompt, slow = on_time["onset"], delayed["onset"]
     assert prompt["seconds"] == [0.0, 0.96, 1.92, 2.88]
     assert prompt["windows"] == slow["windows"] and min(prompt["windows"]) > 0
     assert min(prompt["accuracy"]) > 0.85  # the truth follows at once
     # a window right after the command shows what came before it; by the third it has caught up
     assert slow["accuracy"][0] < 0.4 < 0.85 < slow["accuracy"][2]
+    # what came before, where it was a behavior, lingers in that first window and then is gone;
+    # the truth lets go at once
+    held, stuck = on_time["linger"], delayed["linger"]
+    assert held["seconds"] == prompt["seconds"] and held["windows"] == stuck["windows"]
+    assert 0 < held["windows"][0] < prompt["windows"][0]  # not after idle, nor the first segment
+    assert max(held["share"]) < 0.05
+    assert stuck["share"][0] > 0.5 and max(stuck["share"][1:]) < 0.05
 
 
 def test_eval_command_reads_with_another_checkpoints_probe(tmp_path):
