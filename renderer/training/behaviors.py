@@ -507,11 +507,22 @@ def prototypes(window: int = 2 * FRAMES_PER_CHUNK, seed: int = 0) -> dict[str, n
     return out
 
 
+def feature_names(channel: str) -> list[str]:
+    """`window_features`' columns for one channel, named as "mean smile", "std yaw"."""
+    return [f"{stat} {name}" for stat, name in _FEATURES[channel]]
+
+
+def classifier_scale(channel: str, protos: dict[str, np.ndarray]) -> np.ndarray:
+    """What `classify` divides each feature's distance by `[n]`: its spread over the channel's
+    prototypes."""
+    return protos[channel].std(0) + 1e-3
+
+
 def classify(controls: np.ndarray, channel: str, protos: dict[str, np.ndarray]) -> np.ndarray:
     """Windows of controls `[N, T, K]` -> behavior id per window (-1 idle), by nearest prototype
     in features scaled by the prototypes' spread."""
     table = protos[channel]
-    scale = table.std(0) + 1e-3
+    scale = classifier_scale(channel, protos)
     feats = window_features(controls, channel)  # [N, n]
     dist = (((feats[:, None] - table[None]) / scale) ** 2).sum(-1)  # [N, 1 + behaviors]
     labels = np.array((-1, *CHANNEL_BEHAVIORS[channel]))

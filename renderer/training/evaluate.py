@@ -86,6 +86,7 @@ class StreamReadings:
     behavior: np.ndarray  # [B, T, channels] commanded
     seam: list[float] = field(default_factory=list)  # per chunk: boundary change / inner change
     film: list[np.ndarray] = field(default_factory=list)
+    truth: np.ndarray | None = None  # [B, T, K] the world's controls the ground truth drew
 
 
 # ---------------------------------------------------------------------------------- streams
@@ -248,7 +249,16 @@ def generate_and_read(
     behavior = np.stack([t.behavior for t in streams.timeline])
     mouth = np.stack([speech.mouth_from_pcm(p) for p in streams.pcm])
     return StreamReadings(
-        mouth, cat["gen_c"], cat["gt_c"], cat["gen_i"], cat["gt_i"], ref_id, behavior, seams, film
+        mouth,
+        cat["gen_c"],
+        cat["gt_c"],
+        cat["gen_i"],
+        cat["gt_i"],
+        ref_id,
+        behavior,
+        seams,
+        film,
+        streams.controls,
     )
 
 
@@ -472,6 +482,29 @@ def behavior_by_channel(
     return confusion_accuracy(behavior_confusion(controls, behavior, window, protos))[1]
 
 
+def probe_error(
+    read: np.ndarray, truth: np.ndarray, window: int, protos: dict[str, np.ndarray]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """The instrument's own error where `classify` looks: per channel and classifier feature,
+    the spread over the stream's windows of the probe's ground-truth reading `read` less the
+    truth `truth` (both `[B, T, K]`), beside the scale `classify` divides that feature by. A
+    feature whose error comes near its scale decides behaviors on the probe's noise."""
+    n = truth.shape[1] // window * window
+    k = truth.shape[-1]
+    out = {}
+    for channel in bh.BEHAVIOR_CHANNELS:
+        feats = [
+            bh.window_features(x[:, :n].reshape(-1, window, k), channel) for x in (read, truth)
+        ]
+        error = (feats[0] - feats[1]).std(0)
+        scale = bh.classifier_scale(channel, protos)
+        out[channel] = {
+            name: {"error": float(e), "scale": float(s)}
+            for name, e, s in zip(bh.feature_names(channel), error, scale, strict=True)
+        }
+    return out
+
+
 def identity_drift(identity: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(identity - ref[:, None], axis=-1).mean())
 
@@ -527,6 +560,9 @@ def compute_report(r: StreamReadings, cfg: EvalConfig) -> EvalReport:
         behavior_confusion=confusion,
         behavior_onset=onset,
         behavior_linger=linger,
+        probe_error={}
+        if r.truth is None
+        else probe_error(r.gt_controls, r.truth, cfg.window, protos),
     )
 
 

@@ -38,6 +38,9 @@ class EvalReport:
     # how long finished commands linger (`behavior_timing`'s linger; empty in reports written
     # before it was measured): {"generated", "ground_truth"} -> {"seconds", "share", "windows"}
     behavior_linger: dict[str, dict] = field(default_factory=dict)
+    # the probe's error on ground truth where the behavior classifier looks (`probe_error`):
+    # channel -> feature -> {"error", "scale"}
+    probe_error: dict[str, dict] = field(default_factory=dict)
 
     def table(self) -> str:
         columns = ["metric", "generated", "ground truth"]

@@ -194,6 +194,8 @@ def test_run_eval_writes_a_table_and_reports(tmp_path):
     assert str(loaded.behavior_linger) == str(report.behavior_linger)
     linger = report.behavior_linger["ground_truth"]
     assert linger["seconds"] == onset["seconds"] and len(linger["share"]) == 5
+    assert loaded.probe_error == report.probe_error
+    assert set(report.probe_error["face"]) == set(bh.feature_names("face"))
     assert (tmp_path / "eval" / "behavior_onset.png").stat().st_size > 0
     assert "| behavior: face |" in (tmp_path / "eval" / "report.md").read_text()
     assert len(report.bins["identity_drift"]["generated"]) >= 2
@@ -283,6 +285,30 @@ def test_a_late_response_reads_low_right_after_the_command_and_catches_up():
     assert 0 < held["windows"][0] < prompt["windows"][0]  # not after idle, nor the first segment
     assert max(held["share"]) < 0.05
     assert stuck["share"][0] > 0.5 and max(stuck["share"][1:]) < 0.05
+
+
+def test_probe_error_shows_where_the_instruments_noise_meets_the_classifiers_scale():
+    from flowact.renderer.training.evaluate import probe_error
+
+    truth, _, protos, window = _commanded_streams(10, (3, 5))
+    exact = probe_error(truth, truth, window, protos)
+    assert set(exact) == set(bh.BEHAVIOR_CHANNELS)
+    assert list(exact["gesture"]) == bh.feature_names("gesture")
+    assert all(f["error"] == 0 for ch in exact.values() for f in ch.values())
+    scale = bh.classifier_scale("gesture", protos)
+    assert [f["scale"] for f in exact["gesture"].values()] == pytest.approx(scale.tolist())
+    # a probe that misreads the left forearm by a constant per window: only its feature errs,
+    # by that constant's spread, which is beyond the classifier's scale for it
+    noisy = truth.copy()
+    offset = np.random.default_rng(0).normal(0, 0.1, (truth.shape[0], truth.shape[1] // window))
+    noisy[..., bh.C["l_bend"]] += np.repeat(offset, window, axis=1)[:, : truth.shape[1]]
+    errors = probe_error(noisy, truth, window, protos)
+    bend = errors["gesture"]["mean l_bend"]
+    assert bend["error"] == pytest.approx(offset.std(), rel=0.05) and bend["error"] > bend["scale"]
+    others = [
+        f["error"] for ch in errors.values() for name, f in ch.items() if "l_bend" not in name
+    ]
+    assert max(others) == 0
 
 
 def test_eval_command_reads_with_another_checkpoints_probe(tmp_path):
