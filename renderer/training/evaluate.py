@@ -586,6 +586,13 @@ def run_eval(
     streams = make_streams(cfg, eval_bank(cfg))
     readings = generate_and_read(bundle, probe, streams, text_table, cfg)
     report = compute_report(readings, cfg)
+    for channel, features in report.probe_error.items():
+        for name, f in features.items():
+            if f["error"] > f["scale"]:
+                # the classifier weighs this feature by less than the probe can measure it
+                log.warning(
+                    "behavior_feature_within_probe_error", channel=channel, feature=name, **f
+                )
     if cfg.vae_seconds > 0:
         report.vae = read_through_vae(bundle, probe, streams, cfg)
     out = Path(out_dir)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import structlog
 import torch
 
 from flowact.renderer.model import FlowActMMDiT
@@ -166,7 +167,21 @@ def test_run_eval_writes_a_table_and_reports(tmp_path):
     cfg = EvalConfig(
         seconds=3.0, identities=2, bin_seconds=1.0, speech_bank=str(bank_path), film_seconds=(0.5,)
     )
-    report = run_eval(_tiny_bundle(probe), tmp_path / "eval", cfg)
+    with structlog.testing.capture_logs() as logs:
+        report = run_eval(_tiny_bundle(probe), tmp_path / "eval", cfg)
+    # an untrained probe errs beyond some of the classifier's scales, and the run says which
+    beyond = {
+        (channel, name)
+        for channel, features in report.probe_error.items()
+        for name, f in features.items()
+        if f["error"] > f["scale"]
+    }
+    warned = {
+        (e["channel"], e["feature"])
+        for e in logs
+        if e["event"] == "behavior_feature_within_probe_error"
+    }
+    assert beyond and warned == beyond
     assert set(report.overall) == {
         "lipsync",
         "behavior",
