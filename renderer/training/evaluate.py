@@ -15,7 +15,8 @@ Metrics, per `bin_seconds` of stream time and over the whole stream:
   behavior `behaviors.classify` reads from the probe's controls equals the command (over all
   channels, and for each prompt channel alone); what each command was read as
   (`behavior_confusion`), and how soon a command is followed and how long a finished one
-  lingers (`behavior_timing`);
+  lingers (`behavior_timing`); and the probe's own error on ground truth where the classifier
+  looks, beside the scale it gives each feature (`probe_error`);
 - identity drift: distance of the probe's identity embedding from the reference frame's;
 - smoothness: mean absolute frame-to-frame change of the probe's controls, and the seam ratio
   (pixel change across chunk boundaries over the change within chunks; 1 = seamless).
@@ -549,6 +550,7 @@ def compute_report(r: StreamReadings, cfg: EvalConfig) -> EvalReport:
     confusion = {kind: _confusion(w) for kind, w in windows.items()}
     onset = {kind: _onset(w, r.behavior, cfg.window) for kind, w in windows.items()}
     linger = {kind: _linger(w, r.behavior, cfg.window) for kind, w in windows.items()}
+    errors = {} if r.truth is None else probe_error(r.gt_controls, r.truth, cfg.window, protos)
     by_kind = {kind: confusion_accuracy(tables)[1] for kind, tables in confusion.items()}
     channels = {ch: {kind: by_kind[kind][ch] for kind in by_kind} for ch in bh.BEHAVIOR_CHANNELS}
     return EvalReport(
@@ -560,9 +562,7 @@ def compute_report(r: StreamReadings, cfg: EvalConfig) -> EvalReport:
         behavior_confusion=confusion,
         behavior_onset=onset,
         behavior_linger=linger,
-        probe_error={}
-        if r.truth is None
-        else probe_error(r.gt_controls, r.truth, cfg.window, protos),
+        probe_error=errors,
     )
 
 
