@@ -13,10 +13,9 @@ Metrics, per `bin_seconds` of stream time and over the whole stream:
   (`speech.mouth_from_pcm`), generated vs ground-truth frames;
 - behavior accuracy: per channel and 24-frame window fully inside a commanded segment, the
   behavior `behaviors.classify` reads from the probe's controls equals the command (over all
-  channels, and for each prompt channel alone); what each command was read as
-  (`behavior_confusion`), and how soon a command is followed and how long a finished one
-  lingers (`behavior_timing`); and the probe's own error on ground truth where the classifier
-  looks, beside the scale it gives each feature (`probe_error`);
+  channels, and for each prompt channel alone); what each command was read as, how soon a
+  command is followed and how long a finished one lingers, and the probe's own error where the
+  classifier looks (all in `behavior_metrics.py`);
 - identity drift: distance of the probe's identity embedding from the reference frame's;
 - smoothness: mean absolute frame-to-frame change of the probe's controls, and the seam ratio
   (pixel change across chunk boundaries over the change within chunks; 1 = seamless).
@@ -39,6 +38,15 @@ from flowact.renderer.sampler import FlowMatchEulerSampler
 from flowact.renderer.stream import StreamConfig, StreamingGenerator
 from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import speech, world
+from flowact.renderer.training.behavior_metrics import (
+    behavior_accuracy,
+    behavior_confusion,
+    confusion_accuracy,
+    confusion_from,
+    probe_error,
+    steady_windows,
+    timing_from,
+)
 from flowact.renderer.training.data import chunk_condition, chunk_windows
 from flowact.renderer.training.export import Bundle, load_checkpoint
 from flowact.renderer.training.probe import PoseProbe, read_frames
@@ -85,9 +93,9 @@ class StreamReadings:
     gt_identity: np.ndarray
     ref_identity: np.ndarray  # [B, D]
     behavior: np.ndarray  # [B, T, channels] commanded
+    truth: np.ndarray  # [B, T, K] the world's controls the ground truth drew
     seam: list[float] = field(default_factory=list)  # per chunk: boundary change / inner change
     film: list[np.ndarray] = field(default_factory=list)
-    truth: np.ndarray | None = None  # [B, T, K] the world's controls the ground truth drew
 
 
 # ---------------------------------------------------------------------------------- streams
@@ -257,9 +265,9 @@ def generate_and_read(
         cat["gt_i"],
         ref_id,
         behavior,
+        streams.controls,
         seams,
         film,
-        streams.controls,
     )
 
 
@@ -315,197 +323,6 @@ def lipsync(mouth_read: np.ndarray, mouth_gt: np.ndarray) -> float:
     return _pearson(mouth_read.ravel(), mouth_gt.ravel())
 
 
-def behavior_name(b: int) -> str:
-    return "idle" if b < 0 else bh.BEHAVIORS[b].name
-
-
-def _steady_windows(
-    controls: np.ndarray, behavior: np.ndarray, window: int, protos: dict[str, np.ndarray]
-):
-    """The windows every behavior metric reads: per channel and window start, those inside one
-    commanded segment and past its ramp. Yields (channel, start, which `[B]` bool, commanded
-    `[n]`, classified `[n]`) for the n streams whose window qualifies."""
-    ramp = int(bh.RAMP_SECONDS * FPS) + 2
-    t = controls.shape[1]
-    for ch, channel in enumerate(bh.BEHAVIOR_CHANNELS):
-        for start in range(0, t - window + 1, window):
-            span = behavior[:, max(0, start - ramp) : start + window, ch]  # [B, w + ramp]
-            steady = (span == span[:, :1]).all(1)
-            if not steady.any():
-                continue
-            pred = bh.classify(controls[steady, start : start + window], channel, protos)
-            yield channel, start, steady, span[steady, 0], pred
-
-
-def behavior_confusion(
-    controls: np.ndarray, behavior: np.ndarray, window: int, protos: dict[str, np.ndarray]
-) -> dict[str, dict[str, dict[str, int]]]:
-    """Per channel: commanded behavior -> what its windows were classified as -> how many.
-    The windows are `_steady_windows`; every behavior of the channel and idle is a row and a
-    column."""
-    return _confusion(_steady_windows(controls, behavior, window, protos))
-
-
-def _confusion(windows) -> dict[str, dict[str, dict[str, int]]]:
-    out = {}
-    for channel in bh.BEHAVIOR_CHANNELS:
-        names = [behavior_name(b) for b in (-1, *bh.CHANNEL_BEHAVIORS[channel])]
-        out[channel] = {a: dict.fromkeys(names, 0) for a in names}
-    for channel, _, _, commanded, pred in windows:
-        for a, b in zip(commanded.tolist(), pred.tolist(), strict=True):
-            out[channel][behavior_name(a)][behavior_name(b)] += 1
-    return out
-
-
-def segment_starts(behavior: np.ndarray) -> np.ndarray:
-    """Per stream, frame and channel, the frame its commanded segment began at `[B, T, P]`."""
-    t = behavior.shape[1]
-    change = np.ones(behavior.shape, bool)
-    change[:, 1:] = behavior[:, 1:] != behavior[:, :-1]
-    frames = np.arange(t)[None, :, None]
-    return np.maximum.accumulate(np.where(change, frames, 0), axis=1)
-
-
-def previous_behavior(behavior: np.ndarray) -> np.ndarray:
-    """Per stream, frame and channel, the behavior commanded by the segment before the current
-    one `[B, T, P]`: `NO_SEGMENT` in a stream's first segment, -1 where it was idle."""
-    starts = segment_starts(behavior)
-    before = np.take_along_axis(behavior, np.maximum(starts - 1, 0), axis=1)
-    return np.where(starts > 0, before, NO_SEGMENT)
-
-
-NO_SEGMENT = -2  # `previous_behavior` of a stream's first segment
-
-
-def behavior_timing(
-    controls: np.ndarray,
-    behavior: np.ndarray,
-    window: int,
-    protos: dict[str, np.ndarray],
-    bins: int = 5,
-) -> dict[str, dict[str, list]]:
-    """When commands are followed and let go, by how long after the command a window starts
-    (in whole windows; the last bin pools the rest):
-    - `onset`: of the windows of commanded behaviors (idle left out), the share classified as
-      commanded: `{"seconds": bin starts, "accuracy", "windows"}`;
-    - `linger`: of the windows whose segment follows one that commanded a behavior on the same
-      channel (the new command idle or another behavior), the share still classified as that
-      earlier behavior: `{"seconds", "share", "windows"}`.
-    An empty bin's share is NaN."""
-    windows = list(_steady_windows(controls, behavior, window, protos))
-    return {
-        "onset": _onset(windows, behavior, window, bins),
-        "linger": _linger(windows, behavior, window, bins),
-    }
-
-
-def _onset(windows, behavior: np.ndarray, window: int, bins: int = 5) -> dict[str, list]:
-    def counted(commanded, pred, _):
-        return commanded >= 0, pred == commanded
-
-    hits, total = _by_delay(windows, behavior, window, bins, counted)
-    return {**_bin_starts(window, bins), "accuracy": _shares(hits, total), "windows": total}
-
-
-def _linger(windows, behavior: np.ndarray, window: int, bins: int = 5) -> dict[str, list]:
-    def counted(_, pred, before):
-        return before >= 0, pred == before
-
-    hits, total = _by_delay(windows, behavior, window, bins, counted)
-    return {**_bin_starts(window, bins), "share": _shares(hits, total), "windows": total}
-
-
-def _by_delay(windows, behavior: np.ndarray, window: int, bins: int, counted):
-    """Windows binned by how long after their segment's command they start (whole windows, the
-    last bin pooling the rest): per bin, how many `counted(commanded, classified, the segment
-    before's behavior)` counts, and how many of those hit (both `[n]` bool)."""
-    starts, before = segment_starts(behavior), previous_behavior(behavior)
-    hits, total = np.zeros(bins, int), np.zeros(bins, int)
-    for channel, start, steady, commanded, pred in windows:
-        ch = bh.BEHAVIOR_CHANNELS.index(channel)
-        late = np.minimum((start - starts[steady, start, ch]) // window, bins - 1)
-        count, hit = counted(commanded, pred, before[steady, start, ch])
-        np.add.at(total, late[count], 1)
-        np.add.at(hits, late[count], hit[count])
-    return hits.tolist(), total.tolist()
-
-
-def _bin_starts(window: int, bins: int) -> dict[str, list]:
-    return {"seconds": [k * window / FPS for k in range(bins)]}
-
-
-def _shares(hits: list[int], total: list[int]) -> list[float]:
-    return [_share(h, n) for h, n in zip(hits, total, strict=True)]
-
-
-def confusion_hits(table: dict[str, dict[str, int]]) -> tuple[int, int]:
-    """One channel's `behavior_confusion`: windows classified as commanded, and all windows."""
-    return sum(table[a][a] for a in table), sum(sum(row.values()) for row in table.values())
-
-
-def _share(hits: int, total: int) -> float:
-    return hits / total if total else float("nan")
-
-
-def confusion_accuracy(
-    confusion: dict[str, dict[str, dict[str, int]]],
-) -> tuple[float, dict[str, float]]:
-    """A `behavior_confusion`'s share of windows read as commanded: over every channel, and
-    for each one."""
-    hits = {channel: confusion_hits(table) for channel, table in confusion.items()}
-    pooled = _share(sum(h for h, _ in hits.values()), sum(n for _, n in hits.values()))
-    return pooled, {channel: _share(h, n) for channel, (h, n) in hits.items()}
-
-
-def behavior_hits(
-    controls: np.ndarray, behavior: np.ndarray, window: int, protos: dict[str, np.ndarray]
-) -> dict[str, tuple[int, int]]:
-    """Per channel: of the windows inside one commanded segment and past its ramp, how many
-    are classified as the command (idle included), and how many there are."""
-    confusion = behavior_confusion(controls, behavior, window, protos)
-    return {channel: confusion_hits(table) for channel, table in confusion.items()}
-
-
-def behavior_accuracy(
-    controls: np.ndarray, behavior: np.ndarray, window: int, protos: dict[str, np.ndarray]
-) -> tuple[float, int]:
-    """Share of (window, channel) pairs classified as commanded (`behavior_hits` over every
-    channel); and their count."""
-    counts = behavior_hits(controls, behavior, window, protos).values()
-    hits, total = sum(h for h, _ in counts), sum(n for _, n in counts)
-    return _share(hits, total), total
-
-
-def behavior_by_channel(
-    controls: np.ndarray, behavior: np.ndarray, window: int, protos: dict[str, np.ndarray]
-) -> dict[str, float]:
-    """`behavior_accuracy` of each prompt channel alone."""
-    return confusion_accuracy(behavior_confusion(controls, behavior, window, protos))[1]
-
-
-def probe_error(
-    read: np.ndarray, truth: np.ndarray, window: int, protos: dict[str, np.ndarray]
-) -> dict[str, dict[str, dict[str, float]]]:
-    """The instrument's own error where `classify` looks: per channel and classifier feature,
-    the spread over the stream's windows of the probe's ground-truth reading `read` less the
-    truth `truth` (both `[B, T, K]`), beside the scale `classify` divides that feature by. A
-    feature whose error comes near its scale decides behaviors on the probe's noise."""
-    n = truth.shape[1] // window * window
-    k = truth.shape[-1]
-    out = {}
-    for channel in bh.BEHAVIOR_CHANNELS:
-        feats = [
-            bh.window_features(x[:, :n].reshape(-1, window, k), channel) for x in (read, truth)
-        ]
-        error = (feats[0] - feats[1]).std(0)
-        scale = bh.classifier_scale(channel, protos)
-        out[channel] = {
-            name: {"error": float(e), "scale": float(s)}
-            for name, e, s in zip(bh.feature_names(channel), error, scale, strict=True)
-        }
-    return out
-
-
 def identity_drift(identity: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(identity - ref[:, None], axis=-1).mean())
 
@@ -544,13 +361,11 @@ def compute_report(r: StreamReadings, cfg: EvalConfig) -> EvalReport:
     }
     # every window classified once per kind, read by the confusion and by the onset
     windows = {
-        kind: list(_steady_windows(c, r.behavior, cfg.window, protos))
+        kind: list(steady_windows(c, r.behavior, cfg.window, protos))
         for kind, c in (("generated", r.gen_controls), ("ground_truth", r.gt_controls))
     }
-    confusion = {kind: _confusion(w) for kind, w in windows.items()}
-    onset = {kind: _onset(w, r.behavior, cfg.window) for kind, w in windows.items()}
-    linger = {kind: _linger(w, r.behavior, cfg.window) for kind, w in windows.items()}
-    errors = {} if r.truth is None else probe_error(r.gt_controls, r.truth, cfg.window, protos)
+    confusion = {kind: confusion_from(w) for kind, w in windows.items()}
+    timing = {kind: timing_from(w, r.behavior, cfg.window) for kind, w in windows.items()}
     by_kind = {kind: confusion_accuracy(tables)[1] for kind, tables in confusion.items()}
     channels = {ch: {kind: by_kind[kind][ch] for kind in by_kind} for ch in bh.BEHAVIOR_CHANNELS}
     return EvalReport(
@@ -560,9 +375,9 @@ def compute_report(r: StreamReadings, cfg: EvalConfig) -> EvalReport:
         asdict(cfg),
         behavior_channels=channels,
         behavior_confusion=confusion,
-        behavior_onset=onset,
-        behavior_linger=linger,
-        probe_error=errors,
+        behavior_onset={kind: t["onset"] for kind, t in timing.items()},
+        behavior_linger={kind: t["linger"] for kind, t in timing.items()},
+        probe_error=probe_error(r.gt_controls, r.truth, cfg.window, protos),
     )
 
 

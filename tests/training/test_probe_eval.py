@@ -14,7 +14,8 @@ import torch
 from flowact.renderer.model import FlowActMMDiT
 from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import world
-from flowact.renderer.training.evaluate import EvalConfig, confusion_hits, run_eval
+from flowact.renderer.training.behavior_metrics import confusion_hits
+from flowact.renderer.training.evaluate import EvalConfig, run_eval
 from flowact.renderer.training.export import (
     Bundle,
     checkpoint_bytes,
@@ -237,7 +238,7 @@ def _commanded_streams(chunks: int, segment_chunks: tuple[int, int]):
 
 
 def test_behavior_accuracy_pools_the_channels_and_tells_them_apart():
-    from flowact.renderer.training.evaluate import (
+    from flowact.renderer.training.behavior_metrics import (
         behavior_accuracy,
         behavior_by_channel,
         behavior_confusion,
@@ -273,7 +274,7 @@ def test_behavior_accuracy_pools_the_channels_and_tells_them_apart():
 
 
 def test_a_late_response_reads_low_right_after_the_command_and_catches_up():
-    from flowact.renderer.training.evaluate import (
+    from flowact.renderer.training.behavior_metrics import (
         NO_SEGMENT,
         behavior_timing,
         previous_behavior,
@@ -303,7 +304,7 @@ def test_a_late_response_reads_low_right_after_the_command_and_catches_up():
 
 
 def test_probe_error_shows_where_the_instruments_noise_meets_the_classifiers_scale():
-    from flowact.renderer.training.evaluate import probe_error
+    from flowact.renderer.training.behavior_metrics import probe_error
 
     truth, _, protos, window = _commanded_streams(10, (3, 5))
     exact = probe_error(truth, truth, window, protos)
