@@ -512,17 +512,31 @@ def feature_names(channel: str) -> list[str]:
     return [f"{stat} {name}" for stat, name in _FEATURES[channel]]
 
 
-def classifier_scale(channel: str, protos: dict[str, np.ndarray]) -> np.ndarray:
+# The least `classify` divides a feature's distance by. A feature that barely differs between
+# a channel's behaviors must not decide among them by less than the pose probe can read it:
+# the left forearm's bend spreads by 0.039 over the gesture prototypes, and the probe reads a
+# window's mean bend from ground-truth renders with an error of 0.065 (`probe_error`, the
+# eighth checkpoint's probe), so unfloored, ground truth's gestures read 0.90 (0.96 floored at
+# 0.05, 0.998 at 0.1, 2 minutes x 4 unseen characters). Only the gesture channel's two bend
+# features spread by less.
+SCALE_FLOOR = 0.1
+
+
+def classifier_scale(
+    channel: str, protos: dict[str, np.ndarray], floor: float = SCALE_FLOOR
+) -> np.ndarray:
     """What `classify` divides each feature's distance by `[n]`: its spread over the channel's
-    prototypes."""
-    return protos[channel].std(0) + 1e-3
+    prototypes, and never less than `floor`."""
+    return np.maximum(protos[channel].std(0), floor)
 
 
-def classify(controls: np.ndarray, channel: str, protos: dict[str, np.ndarray]) -> np.ndarray:
+def classify(
+    controls: np.ndarray, channel: str, protos: dict[str, np.ndarray], floor: float = SCALE_FLOOR
+) -> np.ndarray:
     """Windows of controls `[N, T, K]` -> behavior id per window (-1 idle), by nearest prototype
-    in features scaled by the prototypes' spread."""
+    in features scaled by `classifier_scale`."""
     table = protos[channel]
-    scale = classifier_scale(channel, protos)
+    scale = classifier_scale(channel, protos, floor)
     feats = window_features(controls, channel)  # [N, n]
     dist = (((feats[:, None] - table[None]) / scale) ** 2).sum(-1)  # [N, 1 + behaviors]
     labels = np.array((-1, *CHANNEL_BEHAVIORS[channel]))

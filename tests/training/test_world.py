@@ -151,6 +151,34 @@ def test_the_classifier_reads_every_control_a_behavior_sets():
     assert (bh.classify(ctrl.reshape(4, window, -1), "face", protos) == surprise).all()
 
 
+def _steady_gesture_windows(window: int, per_behavior: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ground-truth controls of every gesture and idle arms, held: `[B * n, window, K]` after a
+    window of lead-in, and the behavior each window shows."""
+    wins, want = [], []
+    for b in (None, *bh.CHANNEL_BEHAVIORS["gesture"]):
+        frames = (per_behavior + 1) * window
+        tl = bh.constant_timeline(frames, {} if b is None else {"gesture": bh.BEHAVIORS[b].name})
+        ctrl = bh.controls_for(tl, np.zeros(frames, np.float32), np.random.default_rng(1), False)
+        wins.append(ctrl[window:].reshape(per_behavior, window, -1))
+        want += [-1 if b is None else b] * per_behavior
+    return np.concatenate(wins), np.array(want)
+
+
+def test_the_classifier_tells_gestures_apart_through_the_probes_error():
+    """Each window read off by a constant per control, as the probe misreads a window of
+    ground truth (0.065 on the forearm's bend): the bare spread over the prototypes lets the
+    bend, which barely differs between gestures, decide; the floor on the scale does not."""
+    window = 2 * FRAMES_PER_CHUNK
+    protos = bh.prototypes(window)
+    wins, want = _steady_gesture_windows(window, 16)
+    read = wins + np.random.default_rng(0).normal(0, 0.065, (len(wins), 1, wins.shape[-1]))
+    assert (bh.classify(wins, "gesture", protos) == want).all()
+    assert (bh.classify(read, "gesture", protos) == want).mean() >= 0.98
+    assert (bh.classify(read, "gesture", protos, floor=1e-3) == want).mean() < 0.95
+    scale = bh.classifier_scale("gesture", protos)
+    assert scale.min() == bh.SCALE_FLOOR and (scale >= protos["gesture"].std(0)).all()
+
+
 def test_mouth_follows_the_envelope():
     silence = np.zeros(10 * SAMPLES_PER_FRAME, np.float32)
     assert (speech.mouth_from_pcm(silence) == 0).all()
