@@ -393,7 +393,8 @@ def test_shipped_checkpoint_starts_from_its_reference():
 @pytest.mark.skipif(not (DEMO / "index.json").is_file(), reason="no shipped demo checkpoint")
 def test_the_shipped_probe_reads_rendered_gestures_as_commanded():
     """Ground truth, through the instrument: every gesture and idle arms, held and rendered on
-    4 unseen characters, read by the shipped probe, are classified as shown."""
+    4 unseen characters, read by the shipped probe: at least 95% of the windows are classified
+    as shown (all 24 are; without the classifier's floor, 22 were)."""
     bundle = load_checkpoint(DEMO)
     window = 2 * tb.FRAMES_PER_CHUNK
     protos = bh.prototypes(window)
