@@ -83,6 +83,8 @@ def check_config(cfg: PipelineConfig, data_files: tuple[str, ...] = DATA_FILES) 
             )
     if cfg.anchor_temperature is not None and cfg.anchor_temperature < 0:
         raise ValueError(f"anchor_temperature must be >= 0, not {cfg.anchor_temperature}")
+    if cfg.sample_guidance is not None and cfg.sample_guidance < 0:
+        raise ValueError(f"sample_guidance must be >= 0, not {cfg.sample_guidance}")
     if not cfg.init_from:
         return
     source, seeded = Path(cfg.init_from), (Path(cfg.workdir) / "vae" / "state.pt").is_file()

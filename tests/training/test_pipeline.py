@@ -234,6 +234,7 @@ def test_a_continuation_goes_on_training_the_checkpoints_dit_and_decoder(main_ru
         assert torch.equal(seeded["encoder"][name], value.float()), name
     assert result["stage2"]["steps"] > 0 and result["stage3"]["steps"] > 0
     went_on = load_checkpoint(tmp_path / "more_ckpt")
+    assert went_on.sampling["guidance"] == 2.0  # no sample_guidance: the teacher's
     moved = [
         not torch.equal(a, b)
         for a, b in zip(went_on.model.parameters(), shipped.model.parameters(), strict=True)
@@ -250,13 +251,19 @@ def test_a_continuation_goes_on_training_the_checkpoints_dit_and_decoder(main_ru
 
 def test_a_continuation_with_the_behavior_readout_trains_its_head_first(main_run, tmp_path):
     flags = dict(
-        behavior_weight=0.5, behavior_head_seconds=1.0, anchor_temperature=0.0, prompt_mix=0.5
+        behavior_weight=0.5,
+        behavior_head_seconds=1.0,
+        anchor_temperature=0.0,
+        prompt_mix=0.5,
+        sample_guidance=3.0,
     )
     cfg = _continuation(main_run, tmp_path, "readout", eval_seconds=0.0, **flags)
     result = run_pipeline(replace(cfg, teacher_eval_seconds=0.0))
     # the checkpoint names the world's training phrasings as its prompt anchors
-    anchors = load_checkpoint(tmp_path / "readout_ckpt").sampling["prompt_anchors"]
-    assert anchors == {"temperature": 0.0, "prompts": bh.training_phrasings()}
+    sampling = load_checkpoint(tmp_path / "readout_ckpt").sampling
+    assert sampling["prompt_anchors"] == {"temperature": 0.0, "prompts": bh.training_phrasings()}
+    # sampled at its own guidance, where the teacher's (`guidance`) stays 2.0
+    assert sampling["guidance"] == 3.0 and result["config"]["guidance"] == 2.0
     head = result["behavior_head"]
     assert head["steps"] > 0 and head["heldout_clips"] == 1
     assert set(head["heldout_accuracy"]) == set(bh.BEHAVIOR_CHANNELS)
@@ -267,6 +274,8 @@ def test_a_continuation_with_the_behavior_readout_trains_its_head_first(main_run
         run_pipeline(replace(cfg, behavior_weight=-1.0))
     with pytest.raises(ValueError, match="anchor_temperature must be >= 0, not -0.5"):
         run_pipeline(replace(cfg, anchor_temperature=-0.5))
+    with pytest.raises(ValueError, match="sample_guidance must be >= 0, not -1.0"):
+        run_pipeline(replace(cfg, sample_guidance=-1.0))
     with pytest.raises(ValueError, match=r"prompt_mix must be within \[0, 1\], not 1.5"):
         run_pipeline(replace(cfg, prompt_mix=1.5))
 
