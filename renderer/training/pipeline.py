@@ -132,8 +132,8 @@ class PipelineConfig:
     # DMD's real score
     guidance: float = 2.0
     # the CFG scale written into the checkpoint's sampling.json and used by the run's own
-    # evaluations; None = `guidance`. The student learns scales 1-3 (DistillConfig), and the
-    # eighth checkpoint follows prompts best at 3 (the model card, 2026-12-07)
+    # evaluations; None = `guidance`. The student learns scales 1-3 (DistillConfig); the eighth
+    # checkpoint is sampled at 2.5 (the model card, "Guidance 2.5")
     sample_guidance: float | None = None
     # the curriculum's choices, flags so that ablations are runs of the same pipeline
     staggered_prob: float = 0.7  # 0 = plain diffusion forcing (independent chunk levels)
