@@ -241,6 +241,13 @@ def compare(
         Optional[Path],  # noqa: UP045
         typer.Option(help="Also a PNG of behavior accuracy per channel, run by run."),
     ] = None,
+    through_vae: Annotated[
+        bool,
+        typer.Option(
+            help="Draw --channels from ground truth through each run's VAE (`flowact eval "
+            "--vae-seconds`), the ceiling of its latent space, not from its generated frames."
+        ),
+    ] = False,
 ) -> None:
     """Evaluation reports of several runs side by side: a table and one plot over stream time."""
     from flowact.renderer.training.report import (
@@ -262,10 +269,12 @@ def compare(
     missing = [name for name, r in reports.items() if metric not in r.bins]
     if missing:
         raise typer.BadParameter(f"no {metric!r} in {', '.join(missing)}", param_hint="--metric")
+    if through_vae and channels is None:
+        raise typer.BadParameter("needs --channels, the PNG it draws", param_hint="--through-vae")
     typer.echo(compare_table(reports))
     typer.echo(f"plot in {plot_comparison(reports, metric, out)}")
     if channels is not None:
         try:
-            typer.echo(f"channels in {plot_channels(reports, channels)}")
+            typer.echo(f"channels in {plot_channels(reports, channels, through_vae)}")
         except ValueError as err:
             raise typer.BadParameter(str(err), param_hint="--channels") from None

@@ -169,26 +169,48 @@ def plot_comparison(reports: dict[str, EvalReport], metric: str, out: str | Path
     return _save(plt, fig, out)
 
 
-def plot_channels(reports: dict[str, EvalReport], out: str | Path) -> Path:
-    """One PNG of behavior accuracy, overall and per channel, for several runs side by side,
-    with the first run's ground truth; a run whose report has no channels is refused."""
-    missing = [name for name, r in reports.items() if not r.behavior_channels]
+def channel_bars(
+    reports: dict[str, EvalReport], through_vae: bool = False
+) -> tuple[list[str], dict[str, list[float]]]:
+    """What `plot_channels` draws: the groups ("all", then each behavior channel) and, per run,
+    its accuracy in each: of its generated frames, or with `through_vae` of ground truth through
+    its VAE (`EvalReport.vae`, its latent space's ceiling); last, "ground truth", the first
+    run's. Raises `ValueError` naming the runs whose reports hold no channels of that kind."""
+    kind = "ground truth through the VAE" if through_vae else "behavior channels"
+    missing = [
+        name
+        for name, r in reports.items()
+        if not r.behavior_channels or (through_vae and not r.vae.get("behavior_channels"))
+    ]
     if missing:
-        raise ValueError(f"no behavior channels in {', '.join(missing)}")
+        raise ValueError(f"no {kind} in {', '.join(missing)}")
+    first = next(iter(reports.values()))
+    groups = ["all", *first.behavior_channels]
+
+    def bars(report: EvalReport, which: str) -> list[float]:
+        if which == "vae":
+            overall, channels = report.vae["behavior"], report.vae["behavior_channels"]
+            return [overall, *(channels[c] for c in groups[1:])]
+        channels = report.behavior_channels
+        return [report.overall["behavior"][which], *(channels[c][which] for c in groups[1:])]
+
+    which = "vae" if through_vae else "generated"
+    series = {name: bars(r, which) for name, r in reports.items()}
+    series["ground truth"] = bars(first, "ground_truth")
+    return groups, series
+
+
+def plot_channels(
+    reports: dict[str, EvalReport], out: str | Path, through_vae: bool = False
+) -> Path:
+    """One PNG of `channel_bars`: behavior accuracy, overall and per channel, for several runs
+    side by side, with the first run's ground truth."""
+    groups, series = channel_bars(reports, through_vae)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    first = next(iter(reports.values()))
-    groups = ["all", *first.behavior_channels]
-
-    def bars(report: EvalReport, which: str) -> list[float]:
-        channels = report.behavior_channels
-        return [report.overall["behavior"][which], *(channels[c][which] for c in groups[1:])]
-
-    series = {name: bars(r, "generated") for name, r in reports.items()}
-    series["ground truth"] = bars(first, "ground_truth")
     fig, ax = plt.subplots(figsize=(7, 3.6))
     width = 0.8 / len(series)
     for i, (name, values) in enumerate(series.items()):
@@ -196,7 +218,7 @@ def plot_channels(reports: dict[str, EvalReport], out: str | Path) -> Path:
         kw = {"color": "0.75"} if name == "ground truth" else {}
         ax.bar(x, values, width, label=name, **kw)
     ax.set_xticks(np.arange(len(groups)), groups)
-    ax.set_ylabel("behavior accuracy")
+    ax.set_ylabel("behavior accuracy" + (", through the VAE" if through_vae else ""))
     columns = min(len(series), 3)  # wider legends run off the figure
     rows = math.ceil(len(series) / columns)
     ax.set_ylim(0, 1.12 + 0.1 * rows)  # the legend sits above the bars

@@ -30,6 +30,7 @@ from flowact.renderer.training.probe import (
 )
 from flowact.renderer.training.report import (
     EvalReport,
+    channel_bars,
     compare_table,
     plot_channels,
     plot_comparison,
@@ -444,6 +445,20 @@ def test_reports_compare_side_by_side(tmp_path):
         report.behavior_channels = {ch: dict(channels) for ch in bh.BEHAVIOR_CHANNELS}
     bars = plot_channels({"rising": rising, "short": short}, tmp_path / "channels.png")
     assert bars.stat().st_size > 0
+    # through the VAE: each run's ceiling beside the first run's ground truth, by channel
+    groups, series = channel_bars({"rising": rising, "short": short})
+    assert groups == ["all", *bh.BEHAVIOR_CHANNELS] and series["rising"][0] == 0.4
+    with pytest.raises(ValueError, match="no ground truth through the VAE in rising, short"):
+        channel_bars({"rising": rising, "short": short}, through_vae=True)
+    ceiling = dict(zip(bh.BEHAVIOR_CHANNELS, (0.6, 0.7, 0.8, 0.9), strict=False))
+    rising.vae = {"behavior": 0.75, "behavior_channels": ceiling}
+    with pytest.raises(ValueError, match="no ground truth through the VAE in short"):
+        channel_bars({"rising": rising, "short": short}, through_vae=True)
+    groups, series = channel_bars({"rising": rising}, through_vae=True)
+    assert series["rising"] == [0.75, *(ceiling[c] for c in groups[1:])]
+    assert series["ground truth"] == [0.9] * len(groups)
+    vae_png = plot_channels({"rising": rising}, tmp_path / "vae.png", through_vae=True)
+    assert vae_png.stat().st_size > 0
     assert png.stat().st_size > 0
     with pytest.raises(FileNotFoundError, match="no evaluation report at"):
         EvalReport.load(tmp_path / "nothing")
@@ -474,6 +489,11 @@ def test_compare_command_prints_the_table_and_names_bad_runs(tmp_path):
         timeout=120,
     )
     assert no_channels.returncode == 2 and "no behavior channels in a" in no_channels.stderr
+    # --through-vae draws the channels' PNG, so it needs --channels
+    alone = subprocess.run(
+        [*cmd, f"a={tmp_path / 'a'}", "--through-vae"], capture_output=True, text=True, timeout=120
+    )
+    assert alone.returncode == 2 and "needs --channels, the PNG it draws" in alone.stderr
     bad = subprocess.run([*cmd, "a"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "'a' is not NAME=DIR" in bad.stderr
     gone = subprocess.run(
