@@ -450,7 +450,7 @@ def test_reports_compare_side_by_side(tmp_path):
     assert groups == ["all", *bh.BEHAVIOR_CHANNELS] and series["rising"][0] == 0.4
     with pytest.raises(ValueError, match="no ground truth through the VAE in rising, short"):
         channel_bars({"rising": rising, "short": short}, through_vae=True)
-    ceiling = dict(zip(bh.BEHAVIOR_CHANNELS, (0.6, 0.7, 0.8, 0.9), strict=False))
+    ceiling = dict(zip(bh.BEHAVIOR_CHANNELS, (0.6, 0.7, 0.8, 0.9), strict=True))
     rising.vae = {"behavior": 0.75, "behavior_channels": ceiling}
     with pytest.raises(ValueError, match="no ground truth through the VAE in short"):
         channel_bars({"rising": rising, "short": short}, through_vae=True)
