@@ -80,14 +80,19 @@ class StageState:
             return False
         blob = torch.load(path, map_location="cpu", weights_only=False)
         fresh = [k for k in self.modules if k in self.optional and k not in blob["modules"]]
+        # modules the saved stage trained and this one does not (a VAE stage without its control
+        # head, seeded from a run that had one): left behind, with the optimizer state they share
+        dropped = [k for k in blob["modules"] if k not in self.modules]
         for k, m in self.modules.items():
             if k not in fresh:
                 m.load_state_dict(blob["modules"][k])
         for k, o in self.optimizers.items():
-            if k in blob["optimizers"] and not fresh:
+            if k in blob["optimizers"] and not (fresh or dropped):
                 o.load_state_dict(blob["optimizers"][k])
         if fresh:
             log.info("stage_modules_fresh", path=str(path), modules=fresh)
+        if dropped:
+            log.info("stage_modules_dropped", path=str(path), modules=dropped)
         self.step, self.losses = blob["step"], blob["losses"]
         self.seconds = blob.get("seconds", 0.0)
         log.info("stage_resumed", path=str(path), step=self.step)

@@ -157,6 +157,19 @@ def test_a_vae_stage_with_a_control_head_starts_it_fresh_on_a_headless_state(tmp
         StageState({"vae": vae, "head": control_head(vae)}).load(_headless(tmp_path, headless))
 
 
+def test_a_vae_stage_without_a_control_head_leaves_a_saved_one_behind(tmp_path):
+    cfg = VAETrainConfig(preset="tiny", size=(32, 32), chunks=1, steps=2, batch=1, stats_clips=1)
+    headed, _ = train_vae(replace(cfg, control_weight=1.0), tmp_path, torch.device("cpu"), False)
+    # the stage as a workdir seeded from that run holds it (finished), without the readout term
+    vae, state = train_vae(cfg, tmp_path, torch.device("cpu"), progress=False)
+    assert set(state.modules) == {"vae"} and state.step == 2
+    for name, value in headed.state_dict().items():
+        assert torch.equal(vae.state_dict()[name], value), name
+    # and goes on training without it, its optimizer started afresh
+    _, state = train_vae(replace(cfg, steps=3), tmp_path, torch.device("cpu"), progress=False)
+    assert state.step == 3
+
+
 def _headless(tmp_path, vae_state: dict):
     path = tmp_path / "headless.pt"
     torch.save({"modules": {"vae": vae_state}, "optimizers": {}, "step": 1, "losses": []}, path)
