@@ -110,6 +110,7 @@ def vae_config(cfg: PipelineConfig, size: tuple[int, int]) -> VAETrainConfig:
         steps=100_000,
         seconds=cfg.vae_seconds,
         face_gain=cfg.vae_face_gain,
+        mouth_gain=cfg.vae_mouth_gain,
         control_weight=cfg.vae_control_weight,
         control_gains=parse_control_gains(cfg.vae_control_gains),
         seed=cfg.seed,

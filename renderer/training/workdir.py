@@ -5,6 +5,7 @@ and the summary that the pieces of a run add to."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -57,6 +58,10 @@ def check_config(cfg: PipelineConfig, data_files: tuple[str, ...] = DATA_FILES) 
             f"{data_dir} lacks {', '.join(missing)}: make it with `python -m "
             f"flowact.renderer.training.pipeline prepare --data {data_dir}`"
         )
+    for name in ("vae_face_gain", "vae_mouth_gain"):
+        gain = getattr(cfg, name)
+        if not (math.isfinite(gain) and gain > 0):
+            raise ValueError(f"{name} must be a finite number > 0, not {gain}")
     share = cfg.probe_decoded_share
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"probe_decoded_share must be within [0, 1], not {share}")

@@ -359,10 +359,20 @@ def face_region(height: int, width: int) -> Tensor:
     return ((xs[None] - 0.5) / 0.22) ** 2 + ((ys[:, None] - 0.4) / 0.26) ** 2 <= 1
 
 
-def face_weight(height: int, width: int, gain: float = 3.0) -> Tensor:
-    """Loss weight per pixel of that grid: `gain` over `face_region`, 1 elsewhere;
-    mean-normalised to 1."""
+def mouth_region(height: int, width: int) -> Tensor:
+    """`[height, width]` bool mask of the region the world draws mouths in, over the identities'
+    mouth sizes and places and the head's poses (about 96% of the pixels that opening a mouth
+    changes), on a grid of frame pixels or latent pixels."""
+    ys = (torch.arange(height) + 0.5) / height
+    xs = (torch.arange(width) + 0.5) / height + 0.5 - 0.5 * width / height
+    return ((xs[None] - 0.5) / 0.11) ** 2 + ((ys[:, None] - 0.45) / 0.11) ** 2 <= 1
+
+
+def face_weight(height: int, width: int, gain: float = 3.0, mouth_gain: float = 1.0) -> Tensor:
+    """Loss weight per pixel of that grid: `gain` over `face_region`, 1 elsewhere, and
+    `mouth_gain` times that over `mouth_region`; mean-normalised to 1."""
     weight = 1 + (gain - 1) * face_region(height, width).float()
+    weight = weight * (1 + (mouth_gain - 1) * mouth_region(height, width).float())
     return weight / weight.mean()
 
 

@@ -185,6 +185,27 @@ def test_the_face_weight_is_one_region_on_frames_and_latents(tiny_config):
     assert torch.equal(data.face_weight(tiny_config), latent)
 
 
+def test_the_mouth_region_holds_the_mouths_the_world_draws():
+    clips = world.make_clips(16, world.ClipConfig(chunks=1), np.random.default_rng(3))
+    controls = torch.as_tensor(clips.controls)[:, ::4]  # the poses and faces of real clips
+    shut, wide = controls.clone(), controls.clone()
+    shut[..., bh.C["mouth"]], wide[..., bh.C["mouth"]] = 0.0, 1.0
+    size = (128, 128)
+    changed = world.render(clips.identity, shut, size) - world.render(clips.identity, wide, size)
+    changed = changed.abs().amax(2) > 0.05  # [B, T, H, W]: what opening the mouth changes
+    region = world.mouth_region(*size)
+    assert (changed & region).sum() >= 0.9 * changed.sum() > 0
+    assert region.float().mean() < 0.05  # the mouth, not the face
+    assert not (region & ~world.face_region(*size)).any()
+    # the weight: the mouth `mouth_gain` times the rest of the face, which is `gain` times the
+    # frame's rest, mean 1
+    weight = world.face_weight(*size, 3.0, 4.0)
+    assert weight.mean().item() == pytest.approx(1.0)
+    assert weight[58, 64] / weight[40, 64] == pytest.approx(4.0)  # the mouth against the brow
+    assert weight[40, 64] / weight[5, 5] == pytest.approx(3.0)
+    assert torch.equal(world.face_weight(*size, 3.0, 1.0), world.face_weight(*size, 3.0))
+
+
 def test_the_decoder_alone_lowers_its_loss_with_the_encoder_frozen(tiny_vae):
     vae = copy.deepcopy(tiny_vae).train()
     vae.encoder.requires_grad_(False)
