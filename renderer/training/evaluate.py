@@ -51,7 +51,7 @@ from flowact.renderer.training.data import chunk_condition, chunk_windows
 from flowact.renderer.training.export import Bundle, load_checkpoint
 from flowact.renderer.training.probe import PoseProbe, read_frames
 from flowact.renderer.training.report import EvalReport, write_plots
-from flowact.schemas.timebase import FPS, FRAMES_PER_CHUNK, SAMPLES_PER_CHUNK
+from flowact.schemas.timebase import FPS, FRAMES_PER_CHUNK, FRAMES_PER_LATENT, SAMPLES_PER_CHUNK
 
 log = structlog.get_logger(__name__)
 METRICS = ("lipsync", "behavior", "identity_drift", "control_jitter", "seam_ratio")
@@ -277,7 +277,8 @@ def read_through_vae(
 ) -> dict[str, float | list[float]]:
     """The ground truth of the first `cfg.vae_seconds`, encoded and decoded as one clip, read
     by the probe: what the metrics could reach if the DiT were perfect. Also the PSNR of the
-    reconstruction per second of stream."""
+    reconstruction per second of stream, and lip-sync split at the latent rate
+    (`lipsync_bands`) through the VAE and of the ground truth itself."""
     device = next(bundle.model.parameters()).device
     mc = bundle.config
     chunks = min(streams.chunks, max(1, int(cfg.vae_seconds * FPS) // FRAMES_PER_CHUNK))
@@ -292,6 +293,7 @@ def read_through_vae(
     psnr = 10 * np.log10(4.0 / np.maximum(mse, 1e-12))
     reading = read_frames(probe, recon[:, 1:])
     ref = read_frames(probe, truth[:, :1]).identity[:, 0].cpu().numpy()
+    truth_mouth = read_frames(probe, truth[:, 1:]).controls[..., 0].cpu().numpy()
     c = reading.controls.cpu().numpy()
     samples = frames * SAMPLES_PER_CHUNK // FRAMES_PER_CHUNK
     mouth = np.stack([speech.mouth_from_pcm(p[:samples]) for p in streams.pcm])
@@ -306,6 +308,10 @@ def read_through_vae(
         "identity_drift": identity_drift(reading.identity.cpu().numpy(), ref),
         "control_jitter": jitter(c),
         "psnr_by_second": [float(psnr[s : s + FPS].mean()) for s in range(0, frames, FPS)],
+        "lipsync_bands": {
+            "vae": lipsync_bands(c[..., 0], mouth),
+            "ground_truth": lipsync_bands(truth_mouth, mouth),
+        },
     }
 
 
@@ -321,6 +327,27 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 def lipsync(mouth_read: np.ndarray, mouth_gt: np.ndarray) -> float:
     """Pearson r over all streams' frames (`[B, T]` each)."""
     return _pearson(mouth_read.ravel(), mouth_gt.ravel())
+
+
+def lipsync_bands(
+    mouth_read: np.ndarray, mouth_gt: np.ndarray, frames: int = FRAMES_PER_LATENT
+) -> dict[str, float]:
+    """Lip-sync (`[B, T]` each, frame 0 the first of a latent) split at the latent rate:
+    `latent_rate`, the r of each latent's mean over its `frames` frames; `within_latent`, the r
+    of what is left, each frame less its latent's mean: the mouth moving inside a latent, which
+    a VAE that keeps only each latent's mean loses (nan where nothing is left to correlate)."""
+    n = mouth_read.shape[1] // frames * frames
+
+    def split(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        blocks = x[:, :n].reshape(len(x), -1, frames)
+        mean = blocks.mean(-1, keepdims=True)
+        return mean[..., 0], blocks - mean
+
+    (read_mean, read_rest), (gt_mean, gt_rest) = split(mouth_read), split(mouth_gt)
+    return {
+        "latent_rate": lipsync(read_mean, gt_mean),
+        "within_latent": _pearson(read_rest.ravel(), gt_rest.ravel()),
+    }
 
 
 def identity_drift(identity: np.ndarray, ref: np.ndarray) -> float:

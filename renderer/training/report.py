@@ -24,7 +24,8 @@ class EvalReport:
     config: dict
     # ground truth through the VAE over the stream's first seconds: metric -> value, and
     # "psnr_by_second" (a VAE that decays as a stream goes on shows here first), and
-    # "behavior_channels" (channel -> accuracy)
+    # "behavior_channels" (channel -> accuracy), and "lipsync_bands" ({"vae", "ground_truth"}
+    # -> `evaluate.lipsync_bands`; absent in reports written before it was measured)
     vae: dict = field(default_factory=dict)
     # behavior accuracy of each prompt channel over the whole stream: channel ->
     # {"generated", "ground_truth"} (empty in reports written before it was measured)
@@ -65,6 +66,16 @@ class EvalReport:
         if "psnr_by_second" in self.vae:
             psnr = ", ".join(f"{v:.1f}" for v in self.vae["psnr_by_second"])
             rows.append(f"\nVAE reconstruction PSNR (dB) per second of stream: {psnr}")
+        if "lipsync_bands" in self.vae:
+            bands = self.vae["lipsync_bands"]
+            cells = [
+                f"{who} {b['latent_rate']:.3f} / {b['within_latent']:.3f}"
+                for who, b in (
+                    ("through the VAE", bands["vae"]),
+                    ("ground truth", bands["ground_truth"]),
+                )
+            ]
+            rows.append(f"\nLip-sync at the latent rate / within latents: {', '.join(cells)}")
         return "\n".join(rows)
 
     def to_json(self) -> str:

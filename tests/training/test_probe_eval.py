@@ -15,7 +15,7 @@ from flowact.renderer.model import FlowActMMDiT
 from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import world
 from flowact.renderer.training.behavior_metrics import confusion_hits
-from flowact.renderer.training.evaluate import EvalConfig, run_eval
+from flowact.renderer.training.evaluate import EvalConfig, lipsync_bands, run_eval
 from flowact.renderer.training.export import (
     Bundle,
     checkpoint_bytes,
@@ -160,6 +160,7 @@ def test_export_round_trip_in_bfloat16(tmp_path):
 
 
 def test_run_eval_writes_a_table_and_reports(tmp_path):
+    torch.manual_seed(0)  # an untrained probe, the same one on every run
     probe = PoseProbe(ProbeConfig(size=(32, 32), width=8, hidden=32)).eval()
     bank = [np.random.default_rng(i).normal(0, 0.1, 16000).astype(np.float32) for i in range(3)]
     from flowact.renderer.training import speech
@@ -224,6 +225,24 @@ def test_run_eval_writes_a_table_and_reports(tmp_path):
     assert len(psnr) == 3 and all(np.isfinite(psnr)) and "VAE reconstruction PSNR" in table
     assert -1 <= report.vae["lipsync"] <= 1 and report.vae["identity_drift"] > 0
     assert (tmp_path / "eval" / "vae_psnr.png").stat().st_size > 0
+    bands = report.vae["lipsync_bands"]
+    assert set(bands) == {"vae", "ground_truth"}
+    assert all(-1 <= r <= 1 for b in bands.values() for r in b.values())
+    assert "Lip-sync at the latent rate / within latents: through the VAE" in table
+
+
+def test_lipsync_splits_at_the_latent_rate():
+    truth = np.random.default_rng(0).random((3, 48))  # 12 latents of 4 frames each
+    held = truth.reshape(3, -1, 4).mean(-1).repeat(4, -1)  # each latent's mean, held
+    bands = lipsync_bands(held, truth)
+    assert bands["latent_rate"] == pytest.approx(1.0)
+    assert np.isnan(bands["within_latent"])  # nothing moves inside a latent
+    wiggle = truth - held + 0.5  # only what moves inside each latent
+    bands = lipsync_bands(wiggle, truth)
+    assert bands["within_latent"] == pytest.approx(1.0) and np.isnan(bands["latent_rate"])
+    # a read one frame late keeps most of the latents' means and loses much of the rest
+    late = lipsync_bands(np.roll(truth, 1, axis=1), truth)
+    assert late["within_latent"] < late["latent_rate"]
 
 
 def _commanded_streams(chunks: int, segment_chunks: tuple[int, int]):
