@@ -328,6 +328,21 @@ def test_a_continued_vae_can_take_the_probe_along_to_its_new_latent_space(main_r
     assert went_on.probe.config == shipped.probe.config
     before, after = shipped.probe.state_dict(), went_on.probe.state_dict()
     assert any(not torch.equal(after[k], v) for k, v in before.items())
+    # read before a DiT is trained on it (a gate): a run seeded from this workdir, whose VAE
+    # stage had a control head, exports its VAE and probe as they are beside a fresh DiT
+    gate = PipelineConfig(
+        data=more.data,
+        workdir=str(tmp_path / "gate"),
+        checkpoint=str(tmp_path / "gate_ckpt"),
+        init_from=more.workdir,
+        **{**TINY_BUDGETS, "dmd_seconds": 0.0, "eval_seconds": 0.0, "teacher_eval_seconds": 0.0},
+    )
+    assert "latents" not in run_pipeline(gate)  # the workdir's latents were taken
+    gated = load_checkpoint(tmp_path / "gate_ckpt")
+    for part in ("vae", "probe"):
+        mine, theirs = getattr(gated, part).state_dict(), getattr(went_on, part).state_dict()
+        for name, value in theirs.items():
+            assert torch.equal(mine[name], value), (part, name)
     # gains without the term they share out are refused before the workdir is seeded
     bare = replace(more, workdir=str(tmp_path / "bare"), vae_control_weight=0.0)
     with pytest.raises(ValueError, match="vae_control_gains share out"):
