@@ -110,6 +110,9 @@ class PipelineConfig:
     vae_control_weight: float = 0.0
     # each control's share of that term, "NAME=GAIN,..." (VAETrainConfig.control_gains); "" = 1
     vae_control_gains: str = ""
+    # the readout also asks for the mouth's motion inside each latent, with this gain for each
+    # frame (VAETrainConfig.mouth_frames); 0 = not asked
+    vae_mouth_frames: float = 0.0
     vae_decoder_lr: float = 2e-4
     vae_latent_noise: float = 0.0  # the decoder stage's input-latent noise (VAETrainConfig)
     probe_batch: int = 128

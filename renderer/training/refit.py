@@ -113,6 +113,7 @@ def vae_config(cfg: PipelineConfig, size: tuple[int, int]) -> VAETrainConfig:
         mouth_gain=cfg.vae_mouth_gain,
         control_weight=cfg.vae_control_weight,
         control_gains=parse_control_gains(cfg.vae_control_gains),
+        mouth_frames=cfg.vae_mouth_frames,
         seed=cfg.seed,
     )
 

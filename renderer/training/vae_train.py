@@ -20,9 +20,11 @@ hardly weighs a smile (a few pixels of a 128 x 128 frame), so the encoder is fre
 the readout's gradient asks the encoder to keep every control in the latents, where the decoder
 can find it. `control_gains` shares the term out among the controls (each control's squared
 error counts by its gain, 1 by default, over the sum of the gains), so that the controls a pixel
-loss weighs least, a smile's and the brows', can be asked for hardest. The head is part of the
-stage's state only: the exported VAE is the same network either way. `readout_report` says how
-well it reads unseen characters when the stage ends.
+loss weighs least, a smile's and the brows', can be asked for hardest. With `mouth_frames`, the
+head also reads the mouth at each of a latent's 4 frames less their mean (`latent_targets`):
+the motion inside a latent, which lip-sync reads and a mean alone leaves out. The head is part
+of the stage's state only: the exported VAE is the same network either way. `readout_report`
+says how well it reads unseen characters when the stage ends.
 
 `finetune_decoder` trains the decoder alone with the encoder and the latent statistics frozen:
 sharper frames from the same latent space, so a DiT trained on it needs no retraining. It keeps
@@ -57,7 +59,7 @@ from flowact.renderer.training.common import (
     run_steps,
 )
 from flowact.renderer.training.probe import CONTROL_STD, pearson
-from flowact.schemas.timebase import FRAMES_PER_CHUNK
+from flowact.schemas.timebase import FRAMES_PER_CHUNK, FRAMES_PER_LATENT
 
 log = structlog.get_logger(__name__)
 
@@ -83,6 +85,9 @@ class VAETrainConfig:
     # (control name, gain) pairs: each named control's share of the readout term against 1 for
     # the others (`parse_control_gains`, `control_loss`)
     control_gains: tuple[tuple[str, float], ...] = ()
+    # the readout also asks for the mouth at each of a latent's frames, less their mean (the
+    # motion inside a latent, `latent_targets`), with this gain for each frame; 0 = not asked
+    mouth_frames: float = 0.0
     seconds: float = math.inf
     save_every: int = 500
     stats_clips: int = 32
@@ -110,15 +115,34 @@ class ConvReadout(nn.Module):
         return self.body(latents)
 
 
-def control_head(vae: vae_mod.CausalVideoVAE) -> ConvReadout:
-    """The readout `control_loss` trains beside `vae`: its latent channels -> every control."""
-    return ConvReadout(vae.config.latent_channels, len(bh.CONTROLS))
+def control_head(vae: vae_mod.CausalVideoVAE, mouth_frames: bool = False) -> ConvReadout:
+    """The readout `control_loss` trains beside `vae`: its latent channels -> every control,
+    and with `mouth_frames` the mouth's motion inside the latent (`latent_targets`)."""
+    extra = FRAMES_PER_LATENT if mouth_frames else 0
+    return ConvReadout(vae.config.latent_channels, len(bh.CONTROLS) + extra)
 
 
 def latent_controls(controls: Tensor, latents: int) -> Tensor:
     """Controls `[B, 4n, K]` of the frames after the reference -> their mean over each latent's
     frames, `[B, n, K]` (`latents` = n)."""
     return controls.unflatten(1, (latents, -1)).mean(2)
+
+
+def latent_targets(controls: Tensor, latents: int, mouth_frames: bool) -> Tensor:
+    """What a control head reads of each latent: `latent_controls` `[B, n, K]`, and with
+    `mouth_frames` the mouth at each of the latent's 4 frames less their mean beside them,
+    `[B, n, K + 4]`: lip-sync reads the mouth moving from frame to frame, which a latent that
+    holds only the mean loses."""
+    mean = latent_controls(controls, latents)
+    if not mouth_frames:
+        return mean
+    mouth = controls[..., bh.C["mouth"]].unflatten(1, (latents, -1))  # [B, n, 4]
+    return torch.cat([mean, mouth - mouth.mean(-1, keepdim=True)], -1)
+
+
+def reads_mouth_frames(head: ConvReadout) -> bool:
+    """Whether `head` was built to read the mouth's motion inside each latent."""
+    return head.body[-1].out_features > len(bh.CONTROLS)
 
 
 def parse_control_gains(spec: str) -> tuple[tuple[str, float], ...]:
@@ -146,11 +170,14 @@ def parse_control_gains(spec: str) -> tuple[tuple[str, float], ...]:
     return tuple(gains.items())
 
 
-def gain_vector(gains: tuple[tuple[str, float], ...]) -> Tensor:
-    """`[K]`: each control's gain, 1 where `gains` does not name it."""
+def gain_vector(gains: tuple[tuple[str, float], ...], mouth_frames: float = 0.0) -> Tensor:
+    """`[K]`: each control's gain, 1 where `gains` does not name it; with `mouth_frames` > 0,
+    `[K + 4]`: that gain for each frame of the mouth's motion inside a latent after them."""
     out = torch.ones(len(bh.CONTROLS))
     for name, gain in gains:
         out[bh.C[name]] = gain
+    if mouth_frames > 0:
+        out = torch.cat([out, torch.full((FRAMES_PER_LATENT,), float(mouth_frames))])
     return out
 
 
@@ -166,18 +193,24 @@ class ControlReadout(NamedTuple):
 
 def head_reading(head: ConvReadout, mean: Tensor, controls: Tensor) -> tuple[Tensor, Tensor]:
     """`head`'s reading of every latent after the reference (`mean` `[B, 1 + n, C, h, w]`, raw
-    posterior means) and `latent_controls` of `controls` `[B, 4n, K]`: both `[B * n, K]`."""
-    want = latent_controls(controls.float(), mean.shape[1] - 1).flatten(0, 1)
+    posterior means) and the `latent_targets` of `controls` `[B, 4n, K]` it was built to read:
+    both `[B * n, K]`, or `[B * n, K + 4]` for a head that reads the mouth's frames."""
+    latents = mean.shape[1] - 1
+    want = latent_targets(controls.float(), latents, reads_mouth_frames(head)).flatten(0, 1)
     return head(mean[:, 1:].flatten(0, 1).float()), want
 
 
 def control_loss(
     head: ConvReadout, mean: Tensor, controls: Tensor, gains: Tensor | None = None
 ) -> Tensor:
-    """Squared error of `head_reading`, each control over its spread (`probe.CONTROL_STD`):
-    the mean over controls weighted by `gains` `[K]` (None: the plain mean), then over latents."""
+    """Squared error of `head_reading`, each control over its spread (`probe.CONTROL_STD`; the
+    mouth's for its frames): the mean over controls weighted by `gains` (`gain_vector`; None:
+    the plain mean), then over latents."""
     got, want = head_reading(head, mean, controls)
-    err = ((got - want) / CONTROL_STD.to(got.device)).pow(2)
+    std = CONTROL_STD.to(got.device)
+    if got.shape[-1] > len(std):
+        std = torch.cat([std, std[bh.C["mouth"]].expand(got.shape[-1] - len(std))])
+    err = ((got - want) / std).pow(2)
     if gains is None:
         return err.mean()
     gains = gains.to(err.device)
@@ -238,7 +271,7 @@ def train_vae(
     vae = vae_mod.build_vae(cfg.preset).to(device)
     modules: dict[str, nn.Module] = {"vae": vae}
     if cfg.control_weight > 0:
-        modules["head"] = control_head(vae).to(device)
+        modules["head"] = control_head(vae, cfg.mouth_frames > 0).to(device)
     params = [p for m in modules.values() for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=1e-4)
     state = StageState(modules, {"opt": opt}, optional=frozenset({"head"}))
@@ -276,7 +309,8 @@ def _step_fn(
     control head if there is one)."""
     params = [p for group in opt.param_groups for p in group["params"]]
     head = modules.get("head")
-    gains = gain_vector(cfg.control_gains).to(device) if cfg.control_gains else None
+    asked = cfg.control_gains or cfg.mouth_frames > 0
+    gains = gain_vector(cfg.control_gains, cfg.mouth_frames).to(device) if asked else None
 
     def step(i: int) -> Tensor:
         lr = cosine_lr(cfg.lr, i, progress_of(state, cfg.steps, cfg.seconds), 200)
@@ -311,13 +345,18 @@ def readout_report(
 ) -> dict[str, float]:
     """How well the control head reads unseen characters' controls from `vae`'s latents: the
     correlation of its reading with `latent_controls`, per control, over the `heldout_clips`
-    of `source` (which must have ground truth)."""
+    of `source` (which must have ground truth); for a head that reads the mouth's frames, also
+    `mouth_frames`, over the motion inside each latent."""
     if not source.ground_truth:
         raise ValueError("the control readout reads ground-truth controls; footage has none")
     batch = heldout_clips(cfg, source, device, clips)
     mean, _ = vae.encode_posterior(batch.frames)
     got, want = (t.cpu().numpy() for t in head_reading(head, mean, batch.controls))
-    return {name: pearson(got[:, k], want[:, k]) for k, name in enumerate(bh.CONTROLS)}
+    report = {name: pearson(got[:, k], want[:, k]) for k, name in enumerate(bh.CONTROLS)}
+    if reads_mouth_frames(head):
+        k = len(bh.CONTROLS)
+        report["mouth_frames"] = pearson(got[:, k:].ravel(), want[:, k:].ravel())
+    return report
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,14 @@ def check_config(cfg: PipelineConfig, data_files: tuple[str, ...] = DATA_FILES) 
                 "vae_control_gains share out the control readout's term: give it "
                 "a vae_control_weight > 0"
             )
+    frames = cfg.vae_mouth_frames
+    if not (math.isfinite(frames) and frames >= 0):
+        raise ValueError(f"vae_mouth_frames must be a finite number >= 0, not {frames}")
+    if frames > 0 and cfg.vae_control_weight <= 0:
+        raise ValueError(
+            "vae_mouth_frames asks the control readout for the mouth's frames: give it "
+            "a vae_control_weight > 0"
+        )
     if cfg.anchor_temperature is not None and cfg.anchor_temperature < 0:
         raise ValueError(f"anchor_temperature must be >= 0, not {cfg.anchor_temperature}")
     if cfg.sample_guidance is not None and cfg.sample_guidance < 0:

@@ -317,10 +317,14 @@ def test_a_continuation_can_go_on_training_the_checkpoints_vae(main_run, tmp_pat
 def test_a_continued_vae_can_take_the_probe_along_to_its_new_latent_space(main_run, tmp_path):
     shipped = load_checkpoint(main_run[1])
     flags = dict(vae_continue=True, vae_control_weight=0.5, vae_control_gains="smile=6,brows=6")
-    more = _continuation(main_run, tmp_path, "probe", probe_continue=True, **flags)
+    more = _continuation(
+        main_run, tmp_path, "probe", probe_continue=True, vae_mouth_frames=2.0, **flags
+    )
     result = run_pipeline(replace(more, eval_seconds=0.0, teacher_eval_seconds=0.0))
     assert result["config"]["vae_control_gains"] == "smile=6,brows=6"
-    assert set(result["vae"]["readout"]) == set(bh.CONTROLS)
+    # the head read the mouth's motion inside each latent as well as every control
+    readout = result["vae"]["readout"]
+    assert set(readout) == {*bh.CONTROLS, "mouth_frames"} and -1 <= readout["mouth_frames"] <= 1
     # the probe went on from the checkpoint's (scored before and after), not from scratch
     probe = result["probe"]
     assert probe["steps"] > 0 and probe["started_from"] is not None
@@ -349,6 +353,10 @@ def test_a_continued_vae_can_take_the_probe_along_to_its_new_latent_space(main_r
         run_pipeline(bare)
     with pytest.raises(ValueError, match="names 'frown', not a control"):
         run_pipeline(replace(bare, vae_control_weight=0.5, vae_control_gains="frown=2"))
+    with pytest.raises(ValueError, match="vae_mouth_frames asks the control readout"):
+        run_pipeline(replace(bare, vae_control_gains=""))
+    with pytest.raises(ValueError, match="vae_mouth_frames must be a finite number >= 0, not -1"):
+        run_pipeline(replace(more, workdir=str(tmp_path / "bare"), vae_mouth_frames=-1.0))
     assert not (tmp_path / "bare" / "vae").exists()
 
 

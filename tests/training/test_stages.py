@@ -25,7 +25,9 @@ from flowact.renderer.training.vae_train import (
     finetune_decoder,
     gain_vector,
     latent_controls,
+    latent_targets,
     parse_control_gains,
+    reads_mouth_frames,
     reconstruction_psnr,
     train_vae,
     training_chunks,
@@ -84,6 +86,43 @@ def test_latent_controls_average_each_latents_four_frames():
     assert per_latent.shape == (2, 2, 3)
     assert torch.equal(per_latent[1, 0], controls[1, :4].mean(0))
     assert torch.equal(per_latent[0, 1], controls[0, 4:].mean(0))
+
+
+def test_latent_targets_add_the_mouths_motion_inside_each_latent():
+    controls = torch.randn(2, 8, len(bh.CONTROLS))
+    assert torch.equal(latent_targets(controls, 2, False), latent_controls(controls, 2))
+    targets = latent_targets(controls, 2, True)
+    k = len(bh.CONTROLS)
+    assert targets.shape == (2, 2, k + 4)
+    assert torch.equal(targets[..., :k], latent_controls(controls, 2))
+    mouth = controls[1, 4:, bh.C["mouth"]]  # the second latent's four frames
+    assert torch.allclose(targets[1, 1, k:], mouth - mouth.mean())
+    assert torch.allclose(targets[..., k:].sum(-1), torch.zeros(2, 2), atol=1e-6)
+
+
+def test_a_control_head_can_read_the_mouths_frames(tiny_vae):
+    vae = copy.deepcopy(tiny_vae).train()
+    head = control_head(vae, mouth_frames=True)
+    assert reads_mouth_frames(head) and not reads_mouth_frames(control_head(vae))
+    gains = gain_vector((("smile", 3.0),), mouth_frames=2.0)
+    assert gains.shape == (len(bh.CONTROLS) + 4,) and gains[-4:].tolist() == [2.0] * 4
+    assert gain_vector((("smile", 3.0),)).shape == (len(bh.CONTROLS),)
+    clips = world.make_clips(2, world.ClipConfig(chunks=1, size=(32, 32)), np.random.default_rng(0))
+    mean, _ = vae.encode_posterior(clips.frames)
+    got, want = vae_train.head_reading(head, mean, clips.controls)
+    assert got.shape == want.shape == (2 * 3, len(bh.CONTROLS) + 4)  # 12 frames: 3 latents
+    # the term trains the encoder towards the mouth's frames, and falls on a fixed batch
+    control_loss(head, mean, clips.controls, gains).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in vae.encoder.parameters())
+    vae.zero_grad()
+    torch.manual_seed(0)
+    params = [*vae.encoder.parameters(), *head.parameters()]
+
+    def term():
+        return control_loss(head, vae.encode_posterior(clips.frames)[0], clips.controls, gains)
+
+    losses = _fit(params, term, 12, 3e-3)
+    assert losses[-1] < 0.7 * losses[0]
 
 
 def test_the_control_readout_trains_the_encoder_and_not_the_decoder(tiny_vae):
