@@ -84,8 +84,16 @@ class StageState:
         # head, seeded from a run that had one): left behind, with the optimizer state they share
         dropped = [k for k in blob["modules"] if k not in self.modules]
         for k, m in self.modules.items():
-            if k not in fresh:
+            if k in fresh:
+                continue
+            try:
                 m.load_state_dict(blob["modules"][k])
+            except RuntimeError as err:  # a setting that shapes the module changed since
+                first = str(err).splitlines()[-1].strip()
+                raise ValueError(
+                    f"{path} holds a {k!r} of another shape than this stage builds (was it "
+                    f"saved with other settings?): {first}"
+                ) from None
         for k, o in self.optimizers.items():
             if k in blob["optimizers"] and not (fresh or dropped):
                 o.load_state_dict(blob["optimizers"][k])

@@ -207,6 +207,13 @@ def test_a_vae_stage_without_a_control_head_leaves_a_saved_one_behind(tmp_path):
     # and goes on training without it, its optimizer started afresh
     _, state = train_vae(replace(cfg, steps=3), tmp_path, torch.device("cpu"), progress=False)
     assert state.step == 3
+    # a saved head of another shape than the stage's (one that reads the mouth's frames) is
+    # refused, naming it
+    headed_cfg = replace(cfg, control_weight=1.0)
+    train_vae(headed_cfg, tmp_path / "headed", torch.device("cpu"), progress=False)
+    other = replace(headed_cfg, steps=4, mouth_frames=2.0)
+    with pytest.raises(ValueError, match=r"state.pt holds a 'head' of another shape"):
+        train_vae(other, tmp_path / "headed", torch.device("cpu"), progress=False)
 
 
 def _headless(tmp_path, vae_state: dict):
