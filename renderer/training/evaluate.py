@@ -273,12 +273,17 @@ def generate_and_read(
 
 @torch.no_grad()
 def read_through_vae(
-    bundle: Bundle, probe: PoseProbe, streams: EvalStreams, cfg: EvalConfig
+    bundle: Bundle,
+    probe: PoseProbe,
+    streams: EvalStreams,
+    cfg: EvalConfig,
+    truth_read: np.ndarray | None = None,
 ) -> dict[str, float | list[float]]:
     """The ground truth of the first `cfg.vae_seconds`, encoded and decoded as one clip, read
     by the probe: what the metrics could reach if the DiT were perfect. Also the PSNR of the
     reconstruction per second of stream, and lip-sync split at the latent rate
-    (`lipsync_bands`) through the VAE and of the ground truth itself."""
+    (`lipsync_bands`) through the VAE and of the ground truth itself, whose reading by the probe
+    (`[B, T, K]`) `truth_read` gives where the caller has it (read here otherwise)."""
     device = next(bundle.model.parameters()).device
     mc = bundle.config
     chunks = min(streams.chunks, max(1, int(cfg.vae_seconds * FPS) // FRAMES_PER_CHUNK))
@@ -293,7 +298,9 @@ def read_through_vae(
     psnr = 10 * np.log10(4.0 / np.maximum(mse, 1e-12))
     reading = read_frames(probe, recon[:, 1:])
     ref = read_frames(probe, truth[:, :1]).identity[:, 0].cpu().numpy()
-    truth_mouth = read_frames(probe, truth[:, 1:]).controls[..., 0].cpu().numpy()
+    if truth_read is None:
+        truth_read = read_frames(probe, truth[:, 1:]).controls.cpu().numpy()
+    truth_mouth = truth_read[:, :frames, 0]
     c = reading.controls.cpu().numpy()
     samples = frames * SAMPLES_PER_CHUNK // FRAMES_PER_CHUNK
     mouth = np.stack([speech.mouth_from_pcm(p[:samples]) for p in streams.pcm])
@@ -346,7 +353,7 @@ def lipsync_bands(
     (read_mean, read_rest), (gt_mean, gt_rest) = split(mouth_read), split(mouth_gt)
     return {
         "latent_rate": lipsync(read_mean, gt_mean),
-        "within_latent": _pearson(read_rest.ravel(), gt_rest.ravel()),
+        "within_latent": lipsync(read_rest, gt_rest),
     }
 
 
@@ -436,7 +443,7 @@ def run_eval(
                     "behavior_feature_within_probe_error", channel=channel, feature=name, **f
                 )
     if cfg.vae_seconds > 0:
-        report.vae = read_through_vae(bundle, probe, streams, cfg)
+        report.vae = read_through_vae(bundle, probe, streams, cfg, readings.gt_controls)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(report.to_json())
