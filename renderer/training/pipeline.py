@@ -169,6 +169,10 @@ class PipelineConfig:
     # `vae_seconds` (a warm start of a new latent space: the latents are made anew in it, and an
     # init_dit DiT adapts to it in stage 2); without it the VAE is kept as it is
     vae_continue: bool = False
+    # end the run once the latents are made, before any DiT trains on them: a gate reads the new
+    # latent space (a run seeded from this workdir exports it), and the same command without
+    # this flag goes on from stage 1
+    stop_after_latents: bool = False
 
 
 def sampling_guidance(cfg: PipelineConfig) -> float:
@@ -268,6 +272,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         torch.save(vars(latents), latents_path)
         summary["latents"] = {"clips": len(latents), "seconds": time.monotonic() - t0}
     save_summary()
+    if cfg.stop_after_latents:
+        log.info("stopped_after_latents", workdir=str(work), clips=len(latents))
+        return summary
 
     # stage 1 and 2
     config = get_preset(cfg.preset)

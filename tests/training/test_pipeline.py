@@ -360,6 +360,26 @@ def test_a_continued_vae_can_take_the_probe_along_to_its_new_latent_space(main_r
     assert not (tmp_path / "bare" / "vae").exists()
 
 
+def test_a_run_stopped_after_its_latents_goes_on_from_stage_1(main_run, tmp_path):
+    quiet = {"eval_seconds": 0.0, "teacher_eval_seconds": 0.0}
+    gate = _continuation(
+        main_run, tmp_path, "gated", vae_continue=True, stop_after_latents=True, **quiet
+    )
+    first = run_pipeline(gate)
+    # a new latent space is made, and nothing is trained on it or exported yet
+    assert first["vae"]["steps"] > 1
+    assert first["latents"]["clips"] == TINY_BUDGETS["latent_clips"]
+    assert not {"stage1", "stage2", "stage3"} & set(first)
+    assert not Path(gate.checkpoint).exists()
+    latents = Path(gate.workdir) / "latents.pt"
+    made = latents.stat().st_mtime_ns
+    # the same command without the flag goes on from there, in the same latent space
+    rest = run_pipeline(replace(gate, stop_after_latents=False))
+    assert latents.stat().st_mtime_ns == made and rest["latents"] == first["latents"]
+    assert rest["vae"]["steps"] == first["vae"]["steps"]
+    assert rest["stage2"]["steps"] > 0 and (Path(gate.checkpoint) / "index.json").is_file()
+
+
 def test_a_checkpoint_takes_the_decoder_of_another_in_its_latent_space(main_run, tmp_path):
     _, ckpt, _ = main_run
     shipped = load_checkpoint(ckpt)
