@@ -189,10 +189,17 @@ def evaluate(
         Optional[Path],  # noqa: UP045
         typer.Option(help="Read the frames with this checkpoint's probe (default: its own)."),
     ] = None,
+    also_probe_from: Annotated[
+        Optional[list[Path]],  # noqa: UP045
+        typer.Option(
+            help="Read the same frames with this checkpoint's probe too; its report goes to "
+            "OUT/probe-NAME. Repeat for more.",
+        ),
+    ] = None,
     device: DeviceOption = None,
 ) -> None:
     """Lip-sync, behavior accuracy, identity drift and smoothness of a checkpoint, with plots."""
-    from flowact.renderer.training.evaluate import EvalConfig, run_eval
+    from flowact.renderer.training.evaluate import EvalConfig, also_dir, run_eval
     from flowact.renderer.training.export import load_checkpoint
     from flowact.renderer.weights import read_index
 
@@ -207,23 +214,32 @@ def evaluate(
         prompts=prompts.value,
         anchors=anchors,
         anchor_temperature=anchor_temperature,
+        probe=str(probe_from) if probe_from is not None else None,
     )
+
+    def probe_of(source: Path, hint: str):
+        probe = load_checkpoint(source, device or "cpu").probe
+        if probe is None:
+            raise typer.BadParameter(f"{source} holds no probe", param_hint=hint)
+        return probe
+
     probe = None
     if probe_from is not None:
-        probe = load_checkpoint(probe_from, device or "cpu").probe
-        if probe is None:
-            raise typer.BadParameter(f"{probe_from} holds no probe", param_hint="--probe-from")
+        probe = probe_of(probe_from, "--probe-from")
     elif "probe" not in read_index(checkpoint)["parts"]:
         raise typer.BadParameter(
             f"{checkpoint} holds no probe: name a checkpoint that does with --probe-from",
             param_hint="--checkpoint",
         )
+    also = {str(p): probe_of(p, "--also-probe-from") for p in also_probe_from or []}
     try:
-        report = run_eval(checkpoint, out, config, probe, device=device or "cpu")
+        report = run_eval(checkpoint, out, config, probe, device=device or "cpu", also=also)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     typer.echo(report.table())
     typer.echo(f"plots and report in {out}")
+    for source in also:
+        typer.echo(f"read by the probe of {source} too: report in {also_dir(out, source)}")
 
 
 def compare(

@@ -23,7 +23,8 @@ Metrics, per `bin_seconds` of stream time and over the whole stream:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,8 @@ class EvalConfig:
     # the prompts' phrasings: "heldout" (never trained on, the targets' figures) or "train";
     # both give the same behaviors at the same times, so the two readings compare
     prompts: str = "heldout"
+    # where the probe that read the frames came from, for the record (None: the checkpoint's own)
+    probe: str | None = None
 
 
 @dataclass
@@ -205,9 +208,14 @@ def _conditions(
 
 @torch.no_grad()
 def generate_and_read(
-    bundle: Bundle, probe: PoseProbe, streams: EvalStreams, table: Tensor, cfg: EvalConfig
-) -> StreamReadings:
-    """Run the stream, decode each chunk, read generated and ground-truth frames."""
+    bundle: Bundle,
+    probes: Sequence[PoseProbe],
+    streams: EvalStreams,
+    table: Tensor,
+    cfg: EvalConfig,
+) -> list[StreamReadings]:
+    """Run the stream, decode each chunk, and read generated and ground-truth frames with each
+    of `probes`: one reading per probe, of the same frames."""
     device = next(bundle.model.parameters()).device
     mc = bundle.config
     size = (mc.height, mc.width)
@@ -232,7 +240,9 @@ def generate_and_read(
     decoder = bundle.vae.decode_stream()
     decoder.push(reference)
     controls = torch.from_numpy(streams.controls).to(device)
-    out: dict[str, list] = {"gen_c": [], "gen_i": [], "gt_c": [], "gt_i": []}
+    out: list[dict[str, list]] = [
+        {"gen_c": [], "gen_i": [], "gt_c": [], "gt_i": []} for _ in probes
+    ]
     seams, film = [], []
     film_chunks = {int(s * FPS) // FRAMES_PER_CHUNK for s in cfg.film_seconds}
     previous = None
@@ -243,47 +253,52 @@ def generate_and_read(
         truth = world.render(
             identity, controls[:, k * FRAMES_PER_CHUNK : (k + 1) * FRAMES_PER_CHUNK], size
         )
-        for key, x in (("gen", frames), ("gt", truth)):
-            reading = read_frames(probe, x)
-            out[f"{key}_c"].append(reading.controls.cpu())
-            out[f"{key}_i"].append(reading.identity.cpu())
+        for probe, read in zip(probes, out, strict=True):
+            for key, x in (("gen", frames), ("gt", truth)):
+                reading = read_frames(probe, x)
+                read[f"{key}_c"].append(reading.controls.cpu())
+                read[f"{key}_i"].append(reading.identity.cpu())
         inner = (frames[:, 1:] - frames[:, :-1]).abs().mean().item()
         if previous is not None:
             seams.append((frames[:, 0] - previous).abs().mean().item() / max(inner, 1e-6))
         previous = frames[:, -1]
         if k in film_chunks:
             film.append(torch.cat([frames[:, 0], truth[:, 0]], -1).cpu().numpy())
-    ref_id = read_frames(probe, ref_frame).identity[:, 0].cpu().numpy()
-    cat = {k: torch.cat(v, 1).numpy() for k, v in out.items()}
     behavior = np.stack([t.behavior for t in streams.timeline])
     mouth = np.stack([speech.mouth_from_pcm(p) for p in streams.pcm])
-    return StreamReadings(
-        mouth,
-        cat["gen_c"],
-        cat["gt_c"],
-        cat["gen_i"],
-        cat["gt_i"],
-        ref_id,
-        behavior,
-        streams.controls,
-        seams,
-        film,
-    )
+    readings = []
+    for probe, read in zip(probes, out, strict=True):
+        cat = {k: torch.cat(v, 1).numpy() for k, v in read.items()}
+        readings.append(
+            StreamReadings(
+                mouth,
+                cat["gen_c"],
+                cat["gt_c"],
+                cat["gen_i"],
+                cat["gt_i"],
+                read_frames(probe, ref_frame).identity[:, 0].cpu().numpy(),
+                behavior,
+                streams.controls,
+                seams,
+                film,
+            )
+        )
+    return readings
 
 
 @torch.no_grad()
 def read_through_vae(
     bundle: Bundle,
-    probe: PoseProbe,
+    probes: Sequence[PoseProbe],
     streams: EvalStreams,
     cfg: EvalConfig,
-    truth_read: np.ndarray | None = None,
-) -> dict[str, float | list[float]]:
+    truth_reads: Sequence[np.ndarray] | None = None,
+) -> list[dict[str, float | list[float]]]:
     """The ground truth of the first `cfg.vae_seconds`, encoded and decoded as one clip, read
-    by the probe: what the metrics could reach if the DiT were perfect. Also the PSNR of the
-    reconstruction per second of stream, and lip-sync split at the latent rate
-    (`lipsync_bands`) through the VAE and of the ground truth itself, whose reading by the probe
-    (`[B, T, K]`) `truth_read` gives where the caller has it (read here otherwise)."""
+    by each of `probes`: what the metrics could reach if the DiT were perfect. Also the PSNR of
+    the reconstruction per second of stream, and lip-sync split at the latent rate
+    (`lipsync_bands`) through the VAE and of the ground truth itself, whose reading by each
+    probe (`[B, T, K]`) `truth_reads` gives where the caller has them (read here otherwise)."""
     device = next(bundle.model.parameters()).device
     mc = bundle.config
     chunks = min(streams.chunks, max(1, int(cfg.vae_seconds * FPS) // FRAMES_PER_CHUNK))
@@ -296,30 +311,37 @@ def read_through_vae(
     recon = torch.cat([bundle.vae.decode(bundle.vae.encode(x[None])).float() for x in truth])
     mse = (recon - truth).pow(2).mean((0, 2, 3, 4))[1:].cpu().numpy()  # [T]
     psnr = 10 * np.log10(4.0 / np.maximum(mse, 1e-12))
-    reading = read_frames(probe, recon[:, 1:])
-    ref = read_frames(probe, truth[:, :1]).identity[:, 0].cpu().numpy()
-    if truth_read is None:
-        truth_read = read_frames(probe, truth[:, 1:]).controls.cpu().numpy()
-    truth_mouth = truth_read[:, :frames, 0]
-    c = reading.controls.cpu().numpy()
     samples = frames * SAMPLES_PER_CHUNK // FRAMES_PER_CHUNK
     mouth = np.stack([speech.mouth_from_pcm(p[:samples]) for p in streams.pcm])
     behavior = np.stack([t.behavior for t in streams.timeline])[:, :frames]
-    confusion = behavior_confusion(c, behavior, cfg.window, bh.prototypes(cfg.window))
-    pooled, by_channel = confusion_accuracy(confusion)
-    return {
-        "lipsync": lipsync(c[..., 0], mouth),
-        "behavior": pooled,
-        "behavior_channels": by_channel,
-        "behavior_confusion": confusion,
-        "identity_drift": identity_drift(reading.identity.cpu().numpy(), ref),
-        "control_jitter": jitter(c),
-        "psnr_by_second": [float(psnr[s : s + FPS].mean()) for s in range(0, frames, FPS)],
-        "lipsync_bands": {
-            "vae": lipsync_bands(c[..., 0], mouth),
-            "ground_truth": lipsync_bands(truth_mouth, mouth),
-        },
-    }
+    results = []
+    for k, probe in enumerate(probes):
+        reading = read_frames(probe, recon[:, 1:])
+        ref = read_frames(probe, truth[:, :1]).identity[:, 0].cpu().numpy()
+        if truth_reads is None:
+            truth_read = read_frames(probe, truth[:, 1:]).controls.cpu().numpy()
+        else:
+            truth_read = truth_reads[k]
+        truth_mouth = truth_read[:, :frames, 0]
+        c = reading.controls.cpu().numpy()
+        confusion = behavior_confusion(c, behavior, cfg.window, bh.prototypes(cfg.window))
+        pooled, by_channel = confusion_accuracy(confusion)
+        results.append(
+            {
+                "lipsync": lipsync(c[..., 0], mouth),
+                "behavior": pooled,
+                "behavior_channels": by_channel,
+                "behavior_confusion": confusion,
+                "identity_drift": identity_drift(reading.identity.cpu().numpy(), ref),
+                "control_jitter": jitter(c),
+                "psnr_by_second": [float(psnr[s : s + FPS].mean()) for s in range(0, frames, FPS)],
+                "lipsync_bands": {
+                    "vae": lipsync_bands(c[..., 0], mouth),
+                    "ground_truth": lipsync_bands(truth_mouth, mouth),
+                },
+            }
+        )
+    return results
 
 
 # ---------------------------------------------------------------------------------- metrics
@@ -415,6 +437,11 @@ def compute_report(r: StreamReadings, cfg: EvalConfig) -> EvalReport:
     )
 
 
+def also_dir(out_dir: str | Path, source: str) -> Path:
+    """Where `run_eval` writes the report of the probe `also` names `source`."""
+    return Path(out_dir) / f"probe-{Path(source).name}"
+
+
 def run_eval(
     checkpoint: str | Path | Bundle,
     out_dir: str | Path,
@@ -422,35 +449,55 @@ def run_eval(
     probe: PoseProbe | None = None,
     device: str | torch.device = "cpu",
     text_table: Tensor | None = None,
+    also: Mapping[str, PoseProbe] | None = None,
 ) -> EvalReport:
     """Evaluate a checkpoint (directory or loaded `Bundle`): prints nothing, logs the table,
-    writes `report.json`, `report.md` and the PNG plots to `out_dir`; returns the report."""
+    writes `report.json`, `report.md` and the PNG plots to `out_dir`; returns the report.
+
+    `also` reads the same frames with more probes, each named by where it came from (a
+    checkpoint): their reports go to `also_dir(out_dir, name)`. Two checkpoints of different
+    latent spaces each carry their own probe, and one stream read by both tells a difference
+    of the models from one of the instruments."""
     cfg = config or EvalConfig()
     bundle = checkpoint if isinstance(checkpoint, Bundle) else load_checkpoint(checkpoint, device)
     probe = probe or bundle.probe
     if probe is None:
         raise ValueError("the checkpoint has no probe part; pass probe=")
+    also = dict(also or {})
+    dirs = [Path(out_dir)] + [also_dir(out_dir, name) for name in also]
+    if len(set(dirs)) < len(dirs):
+        raise ValueError(f"the probes' reports would share a folder: {', '.join(map(str, also))}")
+    configs = [cfg] + [replace(cfg, probe=name) for name in also]
+    probes = [probe, *also.values()]
     if text_table is None:
         text_table = _text_table(cfg, bundle.config.name, bundle.config.text_dim)
     streams = make_streams(cfg, eval_bank(cfg))
-    readings = generate_and_read(bundle, probe, streams, text_table, cfg)
-    report = compute_report(readings, cfg)
-    for channel, features in report.probe_error.items():
-        for name, f in features.items():
-            if f["error"] > f["scale"]:
-                # the classifier weighs this feature by less than the probe can measure it
-                log.warning(
-                    "behavior_feature_within_probe_error", channel=channel, feature=name, **f
-                )
+    readings = generate_and_read(bundle, probes, streams, text_table, cfg)
+    vae: list[dict] = [{} for _ in probes]
     if cfg.vae_seconds > 0:
-        report.vae = read_through_vae(bundle, probe, streams, cfg, readings.gt_controls)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(report.to_json())
-    (out / "report.md").write_text(report.table() + "\n")
-    write_plots(report, readings.film, out)
-    log.info("eval_done", table="\n" + report.table())
-    return report
+        vae = read_through_vae(bundle, probes, streams, cfg, [r.gt_controls for r in readings])
+    reports = []
+    for c, reading, through, out in zip(configs, readings, vae, dirs, strict=True):
+        report = compute_report(reading, c)
+        report.vae = through
+        for channel, features in report.probe_error.items():
+            for name, f in features.items():
+                if f["error"] > f["scale"]:
+                    # the classifier weighs this feature by less than the probe can measure it
+                    log.warning(
+                        "behavior_feature_within_probe_error",
+                        channel=channel,
+                        feature=name,
+                        probe=c.probe,
+                        **f,
+                    )
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(report.to_json())
+        (out / "report.md").write_text(report.table() + "\n")
+        write_plots(report, reading.film, out)
+        log.info("eval_done", probe=c.probe, out=str(out), table="\n" + report.table())
+        reports.append(report)
+    return reports[0]
 
 
 def _text_table(cfg: EvalConfig, preset: str, text_dim: int) -> Tensor:

@@ -4,6 +4,7 @@ that shares its VAE and probe, and a continuation that goes on training its DiT.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -378,6 +379,46 @@ def test_a_run_stopped_after_its_latents_goes_on_from_stage_1(main_run, tmp_path
     assert latents.stat().st_mtime_ns == made and rest["latents"] == first["latents"]
     assert rest["vae"]["steps"] == first["vae"]["steps"]
     assert rest["stage2"]["steps"] > 0 and (Path(gate.checkpoint) / "index.json").is_file()
+
+
+def test_flowact_eval_reads_one_stream_with_a_second_probe(main_run, tmp_path):
+    data, ckpt, _ = main_run
+    other = tmp_path / "other"  # the same checkpoint whose probe went on training elsewhere
+    bundle = load_checkpoint(ckpt)
+    probe = bundle.probe
+    with torch.no_grad():
+        for p in probe.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    export_checkpoint(other, bundle.model, bundle.vae, bundle.audio, probe, bundle.sampling)
+    out = tmp_path / "eval"
+    common = ["--seconds", "1", "--vae-seconds", "1", "--identities", "1"]
+    common += ["--speech-bank", str(data / "speech_eval.npz")]
+    common += ["--text-table", str(data / "text_table.pt")]
+    args = [sys.executable, "-m", "flowact", "eval", "--checkpoint", str(ckpt), *common]
+    done = subprocess.run(
+        [*args, "--out", str(out), "--also-probe-from", str(other)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"report in {out / 'probe-other'}" in done.stdout
+    second = json.loads((out / "probe-other" / "report.json").read_text())
+    assert second["config"]["probe"] == str(other)
+    # as if that probe had read the stream alone
+    alone = tmp_path / "alone"
+    done = subprocess.run(
+        [*args, "--out", str(alone), "--probe-from", str(other)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    by_itself = json.loads((alone / "report.json").read_text())
+    assert json.dumps(second["overall"]) == json.dumps(by_itself["overall"])
+    first = json.loads((out / "report.json").read_text())
+    assert first["config"]["probe"] is None
+    assert json.dumps(first["overall"]) != json.dumps(second["overall"])
 
 
 def test_a_checkpoint_takes_the_decoder_of_another_in_its_latent_space(main_run, tmp_path):

@@ -4,6 +4,7 @@ checkpoint, when present, loads and starts from its reference identity."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -231,6 +232,43 @@ def test_run_eval_writes_a_table_and_reports(tmp_path):
     assert "Lip-sync at the latent rate / within latents: through the VAE" in table
 
 
+def test_run_eval_reads_the_same_frames_with_another_probe(tmp_path):
+    """Two checkpoints of different latent spaces carry different probes: `also` reads one
+    stream with both, each report as if that probe had read the stream alone."""
+    from flowact.renderer.training import speech
+
+    bank_path = tmp_path / "bank.npz"
+    speech.save_bank(bank_path, [np.random.default_rng(i).normal(0, 0.1, 16000) for i in range(3)])
+    cfg = EvalConfig(
+        seconds=2.0,
+        identities=2,
+        bin_seconds=1.0,
+        speech_bank=str(bank_path),
+        film_seconds=(0.5,),
+        vae_seconds=1.0,
+    )
+    small = ProbeConfig(size=(32, 32), width=8, hidden=32)
+    torch.manual_seed(0)
+    mine = PoseProbe(small).eval()
+    torch.manual_seed(1)
+    other = PoseProbe(small).eval()
+    bundle = _tiny_bundle(mine)
+    both = run_eval(bundle, tmp_path / "both", cfg, also={"ckpts/other": other})
+    alone = run_eval(bundle, tmp_path / "alone", cfg, probe=other)
+    own = run_eval(bundle, tmp_path / "own", cfg)
+    read = EvalReport.load(tmp_path / "both" / "probe-other")
+    for got, want in ((read, alone), (both, own)):
+        for part in ("overall", "bins", "behavior_confusion", "probe_error", "vae"):
+            assert json.dumps(getattr(got, part)) == json.dumps(getattr(want, part)), part
+    # the two probes read the frames differently, and each report says which read it
+    assert json.dumps(read.overall) != json.dumps(both.overall)
+    assert read.config["probe"] == "ckpts/other" and both.config["probe"] is None
+    assert (tmp_path / "both" / "probe-other" / "behavior.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="share a folder"):
+        run_eval(bundle, tmp_path / "clash", cfg, also={"a/other": other, "b/other": mine})
+    assert not (tmp_path / "clash").exists()  # refused before any stream ran
+
+
 def test_lipsync_splits_at_the_latent_rate():
     truth = np.random.default_rng(0).random((3, 48))  # 12 latents of 4 frames each
     held = truth.reshape(3, -1, 4).mean(-1).repeat(4, -1)  # each latent's mean, held
@@ -404,7 +442,7 @@ def test_shipped_checkpoint_starts_from_its_reference():
     rng = np.random.default_rng(0)
     streams = ev.make_streams(cfg, [speech.syllable_speech(2.0, rng) for _ in range(2)])
     table = build_text_encoder("auto", "demo").encode(bh.prompt_table()[0])
-    readings = ev.generate_and_read(bundle, bundle.probe, streams, table, cfg)
+    (readings,) = ev.generate_and_read(bundle, [bundle.probe], streams, table, cfg)
     first = readings.gen_identity[:, : 2 * tb.FRAMES_PER_CHUNK].mean(1)  # [4, D] the first second
     dist = np.linalg.norm(first[:, None] - readings.ref_identity[None], axis=-1)
     assert (dist.argmin(1) == np.arange(4)).all()
