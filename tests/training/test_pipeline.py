@@ -386,6 +386,7 @@ def test_flowact_eval_reads_one_stream_with_a_second_probe(main_run, tmp_path):
     other = tmp_path / "other"  # the same checkpoint whose probe went on training elsewhere
     bundle = load_checkpoint(ckpt)
     probe = bundle.probe
+    torch.manual_seed(0)
     with torch.no_grad():
         for p in probe.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -395,26 +396,19 @@ def test_flowact_eval_reads_one_stream_with_a_second_probe(main_run, tmp_path):
     common += ["--speech-bank", str(data / "speech_eval.npz")]
     common += ["--text-table", str(data / "text_table.pt")]
     args = [sys.executable, "-m", "flowact", "eval", "--checkpoint", str(ckpt), *common]
-    done = subprocess.run(
-        [*args, "--out", str(out), "--also-probe-from", str(other)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    assert f"report in {out / 'probe-other'}" in done.stdout
+
+    def flowact_eval(*more: str) -> str:
+        done = subprocess.run([*args, *more], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    said = flowact_eval("--out", str(out), "--also-probe-from", str(other))
+    assert f"report in {out / 'probe-other'}" in said
     second = json.loads((out / "probe-other" / "report.json").read_text())
     assert second["config"]["probe"] == str(other)
     # as if that probe had read the stream alone
-    alone = tmp_path / "alone"
-    done = subprocess.run(
-        [*args, "--out", str(alone), "--probe-from", str(other)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    by_itself = json.loads((alone / "report.json").read_text())
+    flowact_eval("--out", str(tmp_path / "alone"), "--probe-from", str(other))
+    by_itself = json.loads((tmp_path / "alone" / "report.json").read_text())
     assert json.dumps(second["overall"]) == json.dumps(by_itself["overall"])
     first = json.loads((out / "report.json").read_text())
     assert first["config"]["probe"] is None
