@@ -106,6 +106,7 @@ class PipelineConfig:
     vae_batch: int = 2  # clips of the VAE's reach: 133 frames each for `small`
     vae_face_gain: float = 1.0  # the VAE's reconstruction loss weight over the face region
     vae_mouth_gain: float = 1.0  # and over the mouth's, against the face's (VAETrainConfig)
+    vae_eye_gain: float = 1.0  # and over the eyes' band, against the face's
     # the latent control readout's weight in the VAE's loss (VAETrainConfig.control_weight)
     vae_control_weight: float = 0.0
     # each control's share of that term, "NAME=GAIN,..." (VAETrainConfig.control_gains); "" = 1

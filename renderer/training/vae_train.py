@@ -8,10 +8,10 @@ only ever sees frames near a clip's start, so its reconstructions decay as a str
 first shipped VAE, trained on 13-frame clips, fell from 20 to 12 dB PSNR over the first 2 s).
 
 Loss: L1 + MSE of the reconstruction (through a sampled latent), weighted `face_gain` over the
-face region and `face_gain * mouth_gain` over the mouth's (`world.face_weight`: the mouth and
-eyes the metrics read are a few percent of the pixels), + `kl_weight` x the KL per latent
-element. When training ends, `set_latent_stats` normalises the latents to zero mean and unit
-variance per channel, what the DiT expects.
+face region, `face_gain * mouth_gain` over the mouth's and `face_gain * eye_gain` over the eyes'
+(`world.face_weight`: the mouth and eyes the metrics read are a few percent of the pixels), +
+`kl_weight` x the KL per latent element. When training ends, `set_latent_stats` normalises the
+latents to zero mean and unit variance per channel, what the DiT expects.
 
 With `control_weight`, a small head (`ConvReadout`) trained beside the VAE reads each latent's
 ground-truth controls (their mean over its 4 frames) from the posterior mean, and its error
@@ -76,6 +76,8 @@ class VAETrainConfig:
     face_gain: float = 1.0  # loss weight over the face region, against 1 elsewhere
     # and over the mouth's region, against the rest of the face: the moving mouth lip-sync reads
     mouth_gain: float = 1.0
+    # and over the eyes' band: the gaze moves a few pixels of each eye
+    eye_gain: float = 1.0
     # decoder stage only: the decoder's input latents get Gaussian noise of a std drawn per
     # clip from U(0, latent_noise) (normalised units), so that it learns to decode latents
     # near the encoder's (a DiT's) as well as the encoder's own
@@ -225,17 +227,20 @@ def vae_loss(
     latent_noise: float = 0.0,
     readout: ControlReadout | None = None,
     mouth_gain: float = 1.0,
+    eye_gain: float = 1.0,
 ) -> torch.Tensor:
     """frames `[B, 1 + 4n, 3, H, W]` -> L1 + MSE weighted by `world.face_weight` (`face_gain`,
-    `mouth_gain`) + kl_weight * mean KL per latent element (no KL term at `kl_weight` 0, where the
-    encoder is frozen); with `latent_noise`, the reconstruction is decoded from latents noised as
-    `VAETrainConfig.latent_noise` says; with `readout`, + its weight * `control_loss`."""
+    `mouth_gain`, `eye_gain`) + kl_weight * mean KL per latent element (no KL term at
+    `kl_weight` 0, where the encoder is frozen); with `latent_noise`, the reconstruction is
+    decoded from latents noised as `VAETrainConfig.latent_noise` says; with `readout`, + its
+    weight * `control_loss`."""
     noise = None
     if latent_noise > 0:
         noise = latent_noise * torch.rand(frames.shape[0], device=frames.device)
     out = vae(frames, sample=True, latent_noise=noise)
     err = out.recon.float() - frames.float()
-    weight = world.face_weight(*frames.shape[-2:], face_gain, mouth_gain).to(frames.device)
+    size = frames.shape[-2:]
+    weight = world.face_weight(*size, face_gain, mouth_gain, eye_gain).to(frames.device)
     loss = ((err.abs() + err.pow(2)) * weight).mean()
     if kl_weight > 0:
         loss = loss + kl_weight * vae_mod.kl_divergence(out.mean, out.logvar) / out.mean[0].numel()
@@ -323,7 +328,14 @@ def _step_fn(
         frames, vae = clips.frames, modules["vae"]
         with autocast(device):
             loss = vae_loss(
-                vae, frames, cfg.kl_weight, cfg.face_gain, cfg.latent_noise, readout, cfg.mouth_gain
+                vae,
+                frames,
+                cfg.kl_weight,
+                cfg.face_gain,
+                cfg.latent_noise,
+                readout,
+                mouth_gain=cfg.mouth_gain,
+                eye_gain=cfg.eye_gain,
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -58,7 +58,7 @@ def check_config(cfg: PipelineConfig, data_files: tuple[str, ...] = DATA_FILES) 
             f"{data_dir} lacks {', '.join(missing)}: make it with `python -m "
             f"flowact.renderer.training.pipeline prepare --data {data_dir}`"
         )
-    for name in ("vae_face_gain", "vae_mouth_gain"):
+    for name in ("vae_face_gain", "vae_mouth_gain", "vae_eye_gain"):
         gain = getattr(cfg, name)
         if not (math.isfinite(gain) and gain > 0):
             raise ValueError(f"{name} must be a finite number > 0, not {gain}")

@@ -368,11 +368,25 @@ def mouth_region(height: int, width: int) -> Tensor:
     return ((xs[None] - 0.5) / 0.11) ** 2 + ((ys[:, None] - 0.45) / 0.11) ** 2 <= 1
 
 
-def face_weight(height: int, width: int, gain: float = 3.0, mouth_gain: float = 1.0) -> Tensor:
-    """Loss weight per pixel of that grid: `gain` over `face_region`, 1 elsewhere, and
-    `mouth_gain` times that over `mouth_region`; mean-normalised to 1."""
+def eye_region(height: int, width: int) -> Tensor:
+    """`[height, width]` bool mask of the band the world draws eyes in, over the identities'
+    eyes and the head's poses (about 97% of the pixels that the gaze changes), on a grid of
+    frame pixels or latent pixels."""
+    ys = (torch.arange(height) + 0.5) / height
+    xs = (torch.arange(width) + 0.5) / height + 0.5 - 0.5 * width / height
+    return ((xs[None] - 0.5) / 0.2) ** 2 + ((ys[:, None] - 0.33) / 0.08) ** 2 <= 1
+
+
+def face_weight(
+    height: int, width: int, gain: float = 3.0, mouth_gain: float = 1.0, eye_gain: float = 1.0
+) -> Tensor:
+    """Loss weight per pixel of that grid: `gain` over `face_region`, 1 elsewhere; times
+    `mouth_gain` over `mouth_region` and `eye_gain` over the rest of `eye_region` (where the
+    two meet, the mouth's); mean-normalised to 1."""
+    mouth = mouth_region(height, width)
+    eyes = eye_region(height, width) & ~mouth
     weight = 1 + (gain - 1) * face_region(height, width).float()
-    weight = weight * (1 + (mouth_gain - 1) * mouth_region(height, width).float())
+    weight = weight * (1 + (mouth_gain - 1) * mouth.float() + (eye_gain - 1) * eyes.float())
     return weight / weight.mean()
 
 

@@ -557,12 +557,11 @@ def test_a_continuation_names_what_is_wrong(main_run, tmp_path):
     with pytest.raises(ValueError, match=r"probe_decoded_share must be within \[0, 1\], not 2.0"):
         run_pipeline(share)
     assert not (tmp_path / "s" / "vae").exists()  # refused before the VAE stage
-    for gain in (0.0, float("nan")):
-        mouth = PipelineConfig(data=str(data), workdir=str(tmp_path / "m"), vae_mouth_gain=gain)
-        with pytest.raises(
-            ValueError, match=f"vae_mouth_gain must be a finite number > 0, not {gain}"
-        ):
-            run_pipeline(mouth)
+    for name in ("vae_mouth_gain", "vae_eye_gain"):
+        for gain in (0.0, float("nan")):
+            bad = PipelineConfig(data=str(data), workdir=str(tmp_path / "m"), **{name: gain})
+            with pytest.raises(ValueError, match=f"{name} must be a finite number > 0, not {gain}"):
+                run_pipeline(bad)
     other = PipelineConfig(
         data=str(data),
         workdir=str(tmp_path / "b"),

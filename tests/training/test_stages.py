@@ -15,6 +15,8 @@ from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import data, vae_train, world
 from flowact.renderer.training.common import StageState
 from flowact.renderer.training.distill import DistillConfig, distill_loss, train_distill
+from flowact.renderer.training.pipeline import PipelineConfig
+from flowact.renderer.training.refit import vae_config
 from flowact.renderer.training.train import DiffusionConfig, diffusion_loss, train_diffusion
 from flowact.renderer.training.vae_train import (
     ControlReadout,
@@ -250,6 +252,40 @@ def test_the_mouth_region_holds_the_mouths_the_world_draws():
     assert weight[58, 64] / weight[40, 64] == pytest.approx(4.0)  # the mouth against the brow
     assert weight[40, 64] / weight[5, 5] == pytest.approx(3.0)
     assert torch.equal(world.face_weight(*size, 3.0, 1.0), world.face_weight(*size, 3.0))
+
+
+def test_the_eye_region_holds_the_gazes_the_world_draws(tiny_vae):
+    clips = world.make_clips(16, world.ClipConfig(chunks=1), np.random.default_rng(3))
+    controls = torch.as_tensor(clips.controls)[:, ::4]  # the poses and faces of real clips
+    size = (128, 128)
+    changed = torch.zeros(1, dtype=torch.bool)
+    for gaze in ("gaze_x", "gaze_y"):
+        one, other = controls.clone(), controls.clone()
+        one[..., bh.C[gaze]], other[..., bh.C[gaze]] = -1.0, 1.0
+        diff = world.render(clips.identity, one, size) - world.render(clips.identity, other, size)
+        changed = changed | (diff.abs().amax(2) > 0.05)  # [B, T, H, W]: what the gaze moves
+    region = world.eye_region(*size)
+    assert (changed & region).sum() >= 0.9 * changed.sum() > 0
+    assert region.float().mean() < 0.06  # the eyes, not the face
+    assert not (region & ~world.face_region(*size)).any()
+    # the eyes `eye_gain` times the rest of the face; where they meet the mouth, the mouth's gain
+    weight = world.face_weight(*size, 3.0, 4.0, 6.0)
+    assert weight.mean().item() == pytest.approx(1.0)
+    assert weight[42, 64] / weight[25, 64] == pytest.approx(6.0)  # an eye's row against the brow
+    assert weight[49, 64] / weight[25, 64] == pytest.approx(4.0)  # both regions: the mouth's
+    assert weight[25, 64] / weight[5, 5] == pytest.approx(3.0)
+    assert torch.equal(world.face_weight(*size, 3.0, 4.0, 1.0), world.face_weight(*size, 3.0, 4.0))
+    # the run's setting reaches the VAE's loss
+    cfg = vae_config(PipelineConfig(vae_face_gain=3.0, vae_mouth_gain=4.0, vae_eye_gain=6.0), size)
+    assert (cfg.face_gain, cfg.mouth_gain, cfg.eye_gain) == (3.0, 4.0, 6.0)
+    frames = world.make_clips(
+        1, world.ClipConfig(chunks=1, size=(32, 32)), np.random.default_rng(0)
+    )
+    losses = []
+    for eye_gain in (1.0, 6.0):
+        torch.manual_seed(0)  # the same sampled latent for both
+        losses.append(vae_loss(tiny_vae, frames.frames, 0.0, 3.0, eye_gain=eye_gain).item())
+    assert losses[0] != losses[1]
 
 
 def test_the_decoder_alone_lowers_its_loss_with_the_encoder_frozen(tiny_vae):
