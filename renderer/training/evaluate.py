@@ -311,6 +311,7 @@ def read_through_vae(
     recon = torch.cat([bundle.vae.decode(bundle.vae.encode(x[None])).float() for x in truth])
     mse = (recon - truth).pow(2).mean((0, 2, 3, 4))[1:].cpu().numpy()  # [T]
     psnr = 10 * np.log10(4.0 / np.maximum(mse, 1e-12))
+    psnr_by_second = [float(psnr[s : s + FPS].mean()) for s in range(0, frames, FPS)]
     samples = frames * SAMPLES_PER_CHUNK // FRAMES_PER_CHUNK
     mouth = np.stack([speech.mouth_from_pcm(p[:samples]) for p in streams.pcm])
     behavior = np.stack([t.behavior for t in streams.timeline])[:, :frames]
@@ -334,7 +335,7 @@ def read_through_vae(
                 "behavior_confusion": confusion,
                 "identity_drift": identity_drift(reading.identity.cpu().numpy(), ref),
                 "control_jitter": jitter(c),
-                "psnr_by_second": [float(psnr[s : s + FPS].mean()) for s in range(0, frames, FPS)],
+                "psnr_by_second": psnr_by_second,
                 "lipsync_bands": {
                     "vae": lipsync_bands(c[..., 0], mouth),
                     "ground_truth": lipsync_bands(truth_mouth, mouth),
