@@ -20,3 +20,12 @@ DeviceOption = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option("--device", "-d", help="torch device: cpu, cuda, cuda:1, ..."),
 ]
+# training and evaluation: the GPU when there is one (`renderer.training.common.pick_device`)
+AutoDeviceOption = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--device",
+        "-d",
+        help="torch device: cpu, cuda, cuda:1, ... (default: CUDA when there is one, else cpu).",
+    ),
+]

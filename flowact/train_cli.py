@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from flowact.options import DeviceOption
+from flowact.options import AutoDeviceOption
 
 
 class Phrasing(str, Enum):
@@ -92,7 +92,7 @@ def train_run(
             "--help`); repeat for more.",
         ),
     ] = None,
-    device: DeviceOption = None,
+    device: AutoDeviceOption = None,
 ) -> None:
     """VAE, probe, stages 1-3 and evaluation (on footage: no probe, no evaluation); resumes
     from `--workdir`."""
@@ -196,12 +196,15 @@ def evaluate(
             "OUT/probe-NAME. Repeat for more.",
         ),
     ] = None,
-    device: DeviceOption = None,
+    device: AutoDeviceOption = None,
 ) -> None:
     """Lip-sync, behavior accuracy, identity drift and smoothness of a checkpoint, with plots."""
+    from flowact.renderer.training.common import pick_device
     from flowact.renderer.training.evaluate import EvalConfig, also_dir, run_eval
     from flowact.renderer.training.export import load_checkpoint
     from flowact.renderer.weights import read_index
+
+    where = str(pick_device(device))
 
     config = EvalConfig(
         seconds=seconds,
@@ -218,7 +221,7 @@ def evaluate(
     )
 
     def probe_of(source: Path, hint: str):
-        probe = load_checkpoint(source, device or "cpu").probe
+        probe = load_checkpoint(source, where).probe
         if probe is None:
             raise typer.BadParameter(f"{source} holds no probe", param_hint=hint)
         return probe
@@ -233,7 +236,7 @@ def evaluate(
         )
     also = {str(p): probe_of(p, "--also-probe-from") for p in also_probe_from or []}
     try:
-        report = run_eval(checkpoint, out, config, probe, device=device or "cpu", also=also)
+        report = run_eval(checkpoint, out, config, probe, device=where, also=also)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     typer.echo(report.table())

@@ -473,6 +473,8 @@ def run_eval(
     if text_table is None:
         text_table = _text_table(cfg, bundle.config.name, bundle.config.text_dim)
     streams = make_streams(cfg, eval_bank(cfg))
+    where = next(bundle.model.parameters()).device
+    log.info("eval_streams", device=str(where), identities=cfg.identities, seconds=cfg.seconds)
     readings = generate_and_read(bundle, probes, streams, text_table, cfg)
     vae: list[dict] = [{} for _ in probes]
     if cfg.vae_seconds > 0:

@@ -4,6 +4,7 @@ that shares its VAE and probe, and a continuation that goes on training its DiT.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -397,13 +398,20 @@ def test_flowact_eval_reads_one_stream_with_a_second_probe(main_run, tmp_path):
     common += ["--text-table", str(data / "text_table.pt")]
     args = [sys.executable, "-m", "flowact", "eval", "--checkpoint", str(ckpt), *common]
 
+    env = {**os.environ, "FLOWACT_LOG_FORMAT": "json"}
+    logged: list[dict] = []
+
     def flowact_eval(*more: str) -> str:
-        done = subprocess.run([*args, *more], capture_output=True, text=True, timeout=300)
+        done = subprocess.run([*args, *more], capture_output=True, text=True, timeout=300, env=env)
         assert done.returncode == 0, done.stderr
+        logged.extend(json.loads(line) for line in done.stderr.splitlines() if line[:1] == "{")
         return done.stdout
 
     said = flowact_eval("--out", str(out), "--also-probe-from", str(other))
     assert f"report in {out / 'probe-other'}" in said
+    # with no --device it reads on the GPU where there is one, as `train run` trains there
+    (started,) = [e for e in logged if e["event"] == "eval_streams"]
+    assert started["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")
     second = json.loads((out / "probe-other" / "report.json").read_text())
     assert second["config"]["probe"] == str(other)
     # as if that probe had read the stream alone
