@@ -23,14 +23,15 @@ whose latent readouts are low as well is lost in the encoder.
 `--vae-continue` went on training) in place of the checkpoint's, with the checkpoint's probe:
 what a new latent space carries, before any DiT is trained on it.
 
-`--faces` looks at expressions alone (`face_clips`, `held_faces`): `--eval-clips` unseen
-characters hold each face behavior's targets (and a neutral face) for `--hold` latents after
-a neutral reference frame, and the probe reads the smile, brows and eyes of the last 4
-frames, rendered and through the VAE. A correlation over random poses can hide a face that
-the VAE erases while its opposite passes (a frown against a smile); this shows it, in figures
-and, beside the report, in a picture of 3 characters' faces, rendered and decoded.
+`--held CHANNEL` looks at one behavior channel's poses alone (`held_clips`, `held_poses`):
+`--eval-clips` unseen characters hold each of its behaviors' targets (and a neutral pose) for
+`--hold` latents after a neutral reference frame, and the probe reads the controls the
+channel holds over the last 4 frames, rendered and through the VAE. A correlation over
+random poses can hide a pose that the VAE erases while its opposite passes (a frown against a
+smile, a look up against a look down); this shows it, in figures and, beside the report, in a
+picture of 3 characters, rendered and decoded. `--faces` is `--held face`.
 
-    python -m flowact.renderer.training.latent_readout --faces --checkpoint checkpoints/demo \
+    python -m flowact.renderer.training.latent_readout --held face --checkpoint checkpoints/demo \
         --out docs/training/reports/held_faces.json
 """
 
@@ -243,11 +244,23 @@ def plot_readout(result: dict, out: Path) -> Path:
     return out
 
 
-FACE_READINGS = ("smile", "brows", "eyes")
+def _held_controls(channel: str) -> tuple[str, ...]:
+    """The controls the behaviors of `channel` hold, in the order they first name them."""
+    names: list[str] = []
+    for b in bh.BEHAVIORS:
+        if b.channel == channel:
+            names += [name for name, _ in b.targets if name not in names]
+    return tuple(names)
 
 
-class HeldFace(NamedTuple):
-    """One face of `face_clips`: its name, its held controls `[K]`, and the clips holding it,
+# per behavior channel, what `held_poses` reads (the face's: smile, brows and eyes)
+HELD_READINGS = {channel: _held_controls(channel) for channel in bh.BEHAVIOR_CHANNELS}
+# where `held_picture` cuts the frames to (None: whole frames); the gaze turns the eyes and head
+PICTURE_REGION = {"face": world.face_region, "gaze": world.face_region}
+
+
+class HeldPose(NamedTuple):
+    """One pose of `held_clips`: its name, its held controls `[K]`, and the clips holding it,
     rendered (`raw`) and through the VAE (`decoded`), each `[N, 1 + 4 * latents, 3, H, W]`."""
 
     name: str
@@ -256,82 +269,89 @@ class HeldFace(NamedTuple):
 
 
 @torch.no_grad()
-def face_clips(
-    bundle: Bundle, identities: int = 16, latents: int = 3, seed: int = 0
-) -> list[HeldFace]:
-    """Neutral, then each face behavior of `behaviors.BEHAVIORS` at its targets, held by
-    `identities` unseen characters for `latents` latents after a neutral reference frame,
-    rendered and encoded and decoded by the bundle's VAE: a list of `HeldFace`."""
+def held_clips(
+    bundle: Bundle, channel: str = "face", identities: int = 16, latents: int = 3, seed: int = 0
+) -> list[HeldPose]:
+    """Neutral, then each behavior of `channel` that holds a pose (nods, shakes and waves
+    also swing, which a held pose cannot show: a wave's raised arm is held, its swing is not) at
+    its targets, held by `identities` unseen characters for `latents` latents after a neutral
+    reference frame, rendered and encoded and decoded by the bundle's VAE."""
     device = next(bundle.vae.parameters()).device
     size = (bundle.config.height, bundle.config.width)
     people = world.sample_identities(identities, "eval", seed)
-    faces = {"neutral": ()} | {b.name: b.targets for b in bh.BEHAVIORS if b.channel == "face"}
+    held = {b.name: b.targets for b in bh.BEHAVIORS if b.channel == channel and b.targets}
     out = []
-    for name, targets in faces.items():
+    for name, targets in ({"neutral": ()} | held).items():
         controls = bh.neutral_controls(1 + FRAMES_PER_LATENT * latents)
         for control, value in targets:
             controls[1:, bh.C[control]] = value
         clip = world.render(people, torch.from_numpy(controls[None].repeat(identities, 0)), size)
         decoded = bundle.vae.decode(bundle.vae.encode(clip.to(device))).cpu()
-        out.append(HeldFace(name, controls[-1], {"raw": clip, "decoded": decoded}))
+        out.append(HeldPose(name, controls[-1], {"raw": clip, "decoded": decoded}))
     return out
 
 
 @torch.no_grad()
-def held_faces(probe: PoseProbe, faces: list[HeldFace]) -> dict:
-    """Per face of `face_clips`: the truth and `probe`'s mean reading of `FACE_READINGS` over
-    the last 4 frames of its characters, rendered (`raw`) and through the VAE (`decoded`), and
-    the share of its pixels' change from the neutral face (the first) that the VAE keeps
-    (`kept`, None for the neutral face itself)."""
+def held_poses(probe: PoseProbe, poses: list[HeldPose], channel: str = "face") -> dict:
+    """Per pose of `held_clips`: the truth and `probe`'s mean reading of the controls the
+    channel holds (`HELD_READINGS`) over the last 4 frames of its characters, rendered (`raw`)
+    and through the VAE (`decoded`), and the share of its pixels' change from the neutral pose
+    (the first) that the VAE keeps (`kept`, None for the neutral pose itself)."""
+    readings = HELD_READINGS[channel]
     out = {}
-    for face in faces:
-        out[face.name] = {"truth": {k: float(face.truth[bh.C[k]]) for k in FACE_READINGS}}
-        for view, seen in face.views.items():
+    for pose in poses:
+        out[pose.name] = {"truth": {k: float(pose.truth[bh.C[k]]) for k in readings}}
+        for view, seen in pose.views.items():
             read = read_frames(probe, seen[:, -FRAMES_PER_LATENT:]).controls.mean((0, 1))
-            out[face.name][view] = {k: float(read[bh.C[k]]) for k in FACE_READINGS}
-        out[face.name]["kept"] = None if face is faces[0] else pixels_kept(faces[0], face)
+            out[pose.name][view] = {k: float(read[bh.C[k]]) for k in readings}
+        out[pose.name]["kept"] = None if pose is poses[0] else pixels_kept(poses[0], pose)
     return out
 
 
-def pixels_kept(neutral: HeldFace, face: HeldFace) -> float:
-    """How much of `face`'s change from `neutral` in pixels survives the VAE, over the last 4
+def pixels_kept(neutral: HeldPose, pose: HeldPose) -> float:
+    """How much of `pose`'s change from `neutral` in pixels survives the VAE, over the last 4
     frames: the decoded change projected on the rendered one, over the rendered one's energy
     (1: all of it, 0: none, whatever else the VAE changes). The probe need not read it."""
     last = slice(-FRAMES_PER_LATENT, None)
-    drawn = face.views["raw"][:, last] - neutral.views["raw"][:, last]
-    decoded = face.views["decoded"][:, last] - neutral.views["decoded"][:, last]
+    drawn = pose.views["raw"][:, last] - neutral.views["raw"][:, last]
+    decoded = pose.views["decoded"][:, last] - neutral.views["decoded"][:, last]
     return float((drawn * decoded).sum() / drawn.pow(2).sum().clamp(min=1e-12))
 
 
-def face_picture(faces: list[HeldFace], identities: int = 3) -> Tensor:
-    """The faces of `face_clips` to look at: a row per face, and per character (the first
-    `identities`) its last frame rendered and through the VAE side by side, cut to the face
-    (`world.face_region`); uint8 `[rows * h, identities * 2 * w, 3]`."""
-    region = world.face_region(*faces[0].views["raw"].shape[-2:])
-    ys, xs = region.any(1).nonzero()[:, 0], region.any(0).nonzero()[:, 0]
-    cut = (slice(int(ys[0]), int(ys[-1]) + 1), slice(int(xs[0]), int(xs[-1]) + 1))
+def held_picture(poses: list[HeldPose], channel: str = "face", identities: int = 3) -> Tensor:
+    """The poses of `held_clips` to look at: a row per pose, and per character (the first
+    `identities`) its last frame rendered and through the VAE side by side, cut to the
+    channel's `PICTURE_REGION` (faces and gazes to the face); uint8 `[rows * h, identities *
+    2 * w, 3]`."""
+    h, w = poses[0].views["raw"].shape[-2:]
+    cut = (slice(None), slice(None))
+    if channel in PICTURE_REGION:
+        region = PICTURE_REGION[channel](h, w)
+        ys, xs = region.any(1).nonzero()[:, 0], region.any(0).nonzero()[:, 0]
+        cut = (slice(int(ys[0]), int(ys[-1]) + 1), slice(int(xs[0]), int(xs[-1]) + 1))
     rows = []
-    for face in faces:
-        last = [face.views[v][:identities, -1] for v in ("raw", "decoded")]
+    for pose in poses:
+        last = [pose.views[v][:identities, -1] for v in ("raw", "decoded")]
         pairs = torch.stack(last, 1)[..., cut[0], cut[1]]  # [N, 2, 3, h', w']
         rows.append(torch.cat(list(pairs.flatten(0, 1)), -1))  # [3, h', 2N * w']
     image = (torch.cat(rows, -2).clamp(-1, 1) + 1) * 127.5
     return image.round().to(torch.uint8).permute(1, 2, 0)
 
 
-def faces_table(faces: dict) -> str:
-    """`held_faces` as a markdown table: per face, truth / rendered / decoded of each reading,
+def held_table(poses: dict, channel: str = "face") -> str:
+    """`held_poses` as a markdown table: per pose, truth / rendered / decoded of each reading,
     and the share of its pixels kept."""
+    readings = HELD_READINGS[channel]
     lines = [
-        "| face | "
-        + " | ".join(f"{k}: truth / rendered / decoded" for k in FACE_READINGS)
+        f"| {channel} | "
+        + " | ".join(f"{k}: truth / rendered / decoded" for k in readings)
         + " | pixels kept |",
-        "| --- |" + " --- |" * (len(FACE_READINGS) + 1),
+        "| --- |" + " --- |" * (len(readings) + 1),
     ]
-    for name, got in faces.items():
+    for name, got in poses.items():
         cells = [
             f"{got['truth'][k]:.2f} / {got['raw'][k]:.2f} / {got['decoded'][k]:.2f}"
-            for k in FACE_READINGS
+            for k in readings
         ]
         cells.append("" if got["kept"] is None else f"{got['kept']:.2f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -354,8 +374,12 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--vae", type=Path, default=None, help="a run's workdir whose VAE to read")
     parser.add_argument(
-        "--faces", action="store_true", help="held expressions only, rendered and decoded"
+        "--held",
+        choices=bh.BEHAVIOR_CHANNELS,
+        default=None,
+        help="held poses of one behavior channel only, rendered and decoded",
     )
+    parser.add_argument("--faces", action="store_true", help="the same as --held face")
     defaults = asdict(ReadoutConfig())
     for name, value in defaults.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
@@ -367,22 +391,24 @@ def main() -> None:
             bundle = replace(bundle, vae=workdir_vae(args.vae, bundle.vae))
         except FileNotFoundError as err:
             parser.error(str(err))  # exits 2 with the usage line
-    if args.faces:
-        faces = face_clips(bundle, cfg.eval_clips, cfg.hold, cfg.seed)
-        result = {"faces": held_faces(bundle.probe, faces)}
+    channel = "face" if args.faces else args.held
+    if channel is not None:
+        poses = held_clips(bundle, channel, cfg.eval_clips, cfg.hold, cfg.seed)
+        result = {"channel": channel, "held": held_poses(bundle.probe, poses, channel)}
     else:
         result = run_readout(bundle, cfg)
     result["checkpoint"] = str(args.checkpoint)
     result["vae"] = str(args.vae or args.checkpoint)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
-    if args.faces:
-        print(faces_table(result["faces"]))  # noqa: T201  (the command's output, as eval's)
-        picture = face_picture(faces)
+    if channel is not None:
+        print(held_table(result["held"], channel))  # noqa: T201  (the command's output)
+        picture = held_picture(poses, channel)
+        if channel in PICTURE_REGION:  # cut to a small region: shown twice the size
+            picture = picture.repeat_interleave(2, 0).repeat_interleave(2, 1)
         png = args.out.with_suffix(".png")
-        big = picture.repeat_interleave(2, 0).repeat_interleave(2, 1)  # faces are small
-        png.write_bytes(encode_png(big.numpy()))
-        log.info("held_faces_written", report=str(args.out), picture=str(png))
+        png.write_bytes(encode_png(picture.numpy()))
+        log.info("held_poses_written", channel=channel, report=str(args.out), picture=str(png))
         return
     png = plot_readout(result, args.out.with_suffix(".png"))
     log.info("latent_readout_written", report=str(args.out), plot=str(png))

@@ -17,6 +17,7 @@ from PIL import Image
 from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import latent_readout as lr
 from flowact.renderer.training import world
+from flowact.renderer.training.export import load_checkpoint
 
 DEMO = Path(__file__).resolve().parents[2] / "checkpoints" / "demo"
 
@@ -85,7 +86,6 @@ def test_the_readout_of_the_shipped_checkpoint_lines_poses_up(tmp_path):
 
 def test_a_workdirs_vae_is_read_in_place_of_the_checkpoints(tmp_path):
     from flowact.renderer.training.common import StageState
-    from flowact.renderer.training.export import load_checkpoint
 
     shipped = load_checkpoint(DEMO).vae
     with pytest.raises(FileNotFoundError, match="holds no VAE stage"):
@@ -120,12 +120,15 @@ def test_held_faces_read_each_expression_rendered_and_decoded(tmp_path, monkeypa
     argv = ["latent_readout", "--faces", "--checkpoint", str(DEMO), "--out", str(out)]
     monkeypatch.setattr(sys, "argv", [*argv, "--eval-clips", "3", "--hold", "2"])
     lr.main()
-    faces = json.loads(out.read_text())["faces"]
+    result = json.loads(out.read_text())
+    assert result["channel"] == "face"
+    faces = result["held"]
     wanted = {b.name for b in bh.BEHAVIORS if b.channel == "face"} | {"neutral"}
     assert set(faces) == wanted
+    assert lr.HELD_READINGS["face"] == ("smile", "brows", "eyes")
     for got in faces.values():
         assert set(got) == {"truth", "raw", "decoded", "kept"}
-        assert all(set(got[v]) == set(lr.FACE_READINGS) for v in ("truth", "raw", "decoded"))
+        assert all(set(got[v]) == {"smile", "brows", "eyes"} for v in ("truth", "raw", "decoded"))
     assert faces["neutral"]["kept"] is None
     # the shipped VAE keeps a good share of a frown's pixels (its brow shade; a frown drawn by
     # the mouth and brows alone kept 0.08 of them)
@@ -148,13 +151,44 @@ def test_held_faces_read_each_expression_rendered_and_decoded(tmp_path, monkeypa
     assert picture.std() > 10  # faces, not a blank
 
 
+def test_held_gestures_read_the_arms_in_whole_frames(tmp_path, monkeypatch, capsys):
+    """`--held gesture`: each gesture that holds a pose (a wave's raised arm too), read by the
+    arms' controls; rendered, the probe tells both arms raised high from arms spread."""
+    out = tmp_path / "gestures.json"
+    argv = ["latent_readout", "--held", "gesture", "--checkpoint", str(DEMO), "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--eval-clips", "3", "--hold", "2"])
+    lr.main()
+    held = json.loads(out.read_text())["held"]
+    gestures = {b.name for b in bh.BEHAVIORS if b.channel == "gesture"}
+    assert set(held) == gestures | {"neutral"}
+    assert set(lr.HELD_READINGS["gesture"]) == {"l_raise", "r_raise", "l_bend", "r_bend"}
+    assert held["raise_both"]["truth"]["l_raise"] == pytest.approx(0.85)
+    raw = {name: got["raw"] for name, got in held.items()}
+    assert raw["raise_both"]["l_raise"] > raw["spread"]["l_raise"] + 0.15
+    assert raw["raise_both"]["r_raise"] > raw["neutral"]["r_raise"] + 0.4
+    assert all(0 < held[name]["kept"] < 1.5 for name in gestures)
+    assert capsys.readouterr().out.startswith("| gesture | r_raise: truth / rendered / decoded")
+    # whole frames, at their own size: a row per pose, 3 characters rendered and decoded
+    picture = np.asarray(Image.open(out.with_suffix(".png")))
+    assert picture.shape == (len(held) * 128, 3 * 2 * 128, 3)
+
+
+def test_held_gazes_leave_out_the_swinging_ones():
+    """Nods and shakes hold no pose, so the gaze channel's held poses are the four looks."""
+    assert lr.HELD_READINGS["gaze"] == ("gaze_y", "gaze_x", "pitch", "yaw")
+    poses = lr.held_clips(load_checkpoint(DEMO), "gaze", identities=1, latents=1)
+    assert [p.name for p in poses] == ["neutral", "look_up", "look_down", "look_left", "look_right"]
+    assert poses[1].truth[bh.C["gaze_y"]] == -1.0 and poses[0].truth[bh.C["gaze_y"]] == 0.0
+    assert poses[1].views["decoded"].shape == poses[1].views["raw"].shape == (1, 5, 3, 128, 128)
+
+
 def test_pixels_kept_is_the_share_of_a_change_that_comes_through():
     shape = (2, 1 + 4 * 2, 3, 8, 8)
     neutral_raw, face_raw = torch.zeros(shape), torch.randn(shape)
-    neutral = lr.HeldFace("neutral", np.zeros(1), {"raw": neutral_raw, "decoded": neutral_raw})
+    neutral = lr.HeldPose("neutral", np.zeros(1), {"raw": neutral_raw, "decoded": neutral_raw})
 
-    def face(decoded: torch.Tensor) -> lr.HeldFace:
-        return lr.HeldFace("face", np.zeros(1), {"raw": face_raw, "decoded": decoded})
+    def face(decoded: torch.Tensor) -> lr.HeldPose:
+        return lr.HeldPose("face", np.zeros(1), {"raw": face_raw, "decoded": decoded})
 
     assert lr.pixels_kept(neutral, face(face_raw)) == pytest.approx(1.0)
     assert lr.pixels_kept(neutral, face(0.3 * face_raw)) == pytest.approx(0.3)
