@@ -255,7 +255,8 @@ def _held_controls(channel: str) -> tuple[str, ...]:
 
 # per behavior channel, what `held_poses` reads (the face's: smile, brows and eyes)
 HELD_READINGS = {channel: _held_controls(channel) for channel in bh.BEHAVIOR_CHANNELS}
-# where `held_picture` cuts the frames to (None: whole frames); the gaze turns the eyes and head
+# where `held_picture` cuts the frames to (other channels: whole frames); a look turns the eyes
+# and the head
 PICTURE_REGION = {"face": world.face_region, "gaze": world.face_region}
 
 
@@ -373,13 +374,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("out/latent_readout.json"))
     parser.add_argument("--device", default=None)
     parser.add_argument("--vae", type=Path, default=None, help="a run's workdir whose VAE to read")
-    parser.add_argument(
+    held = parser.add_mutually_exclusive_group()
+    held.add_argument(
         "--held",
         choices=bh.BEHAVIOR_CHANNELS,
         default=None,
         help="held poses of one behavior channel only, rendered and decoded",
     )
-    parser.add_argument("--faces", action="store_true", help="the same as --held face")
+    held.add_argument("--faces", action="store_true", help="the same as --held face")
     defaults = asdict(ReadoutConfig())
     for name, value in defaults.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
