@@ -4,6 +4,7 @@ pipeline, its evaluation, and evaluation reports side by side."""
 from __future__ import annotations
 
 import json
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -205,6 +206,11 @@ def evaluate(
     from flowact.renderer.weights import read_index
 
     where = str(pick_device(device))
+    if where == "cpu":
+        # oneDNN keeps a kernel for each shape it meets, and over a long stream that cache grew
+        # a reading to 12 GB; without it a reading stays near 1 GB at the same speed
+        # (docs/training.md). Read when oneDNN makes its first kernel, which is still to come.
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
 
     config = EvalConfig(
         seconds=seconds,
