@@ -205,8 +205,9 @@ def evaluate(
     from flowact.renderer.training.export import load_checkpoint
     from flowact.renderer.weights import read_index
 
-    where = str(pick_device(device))
-    if where == "cpu":
+    torch_device = pick_device(device)
+    where = str(torch_device)
+    if torch_device.type == "cpu":
         # oneDNN keeps a kernel for each shape it meets, and over a long stream that cache grew
         # a reading to 12 GB; without it a reading stays near 1 GB at the same speed
         # (docs/training.md). Read when oneDNN makes its first kernel, which is still to come.

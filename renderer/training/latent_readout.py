@@ -271,7 +271,7 @@ class HeldPose(NamedTuple):
 
 @torch.no_grad()
 def held_clips(
-    bundle: Bundle, channel: str = "face", identities: int = 16, latents: int = 3, seed: int = 0
+    bundle: Bundle, channel: str, identities: int = 16, latents: int = 3, seed: int = 0
 ) -> list[HeldPose]:
     """Neutral, then each behavior of `channel` that holds a pose (nods, shakes and waves
     also swing, which a held pose cannot show: a wave's raised arm is held, its swing is not) at
@@ -293,7 +293,7 @@ def held_clips(
 
 
 @torch.no_grad()
-def held_poses(probe: PoseProbe, poses: list[HeldPose], channel: str = "face") -> dict:
+def held_poses(probe: PoseProbe, poses: list[HeldPose], channel: str) -> dict:
     """Per pose of `held_clips`: the truth and `probe`'s mean reading of the controls the
     channel holds (`HELD_READINGS`) over the last 4 frames of its characters, rendered (`raw`)
     and through the VAE (`decoded`), and the share of its pixels' change from the neutral pose
@@ -319,7 +319,7 @@ def pixels_kept(neutral: HeldPose, pose: HeldPose) -> float:
     return float((drawn * decoded).sum() / drawn.pow(2).sum().clamp(min=1e-12))
 
 
-def held_picture(poses: list[HeldPose], channel: str = "face", identities: int = 3) -> Tensor:
+def held_picture(poses: list[HeldPose], channel: str, identities: int = 3) -> Tensor:
     """The poses of `held_clips` to look at: a row per pose, and per character (the first
     `identities`) its last frame rendered and through the VAE side by side, cut to the
     channel's `PICTURE_REGION` (faces and gazes to the face); uint8 `[rows * h, identities *
@@ -339,7 +339,7 @@ def held_picture(poses: list[HeldPose], channel: str = "face", identities: int =
     return image.round().to(torch.uint8).permute(1, 2, 0)
 
 
-def held_table(poses: dict, channel: str = "face") -> str:
+def held_table(poses: dict, channel: str) -> str:
     """`held_poses` as a markdown table: per pose, truth / rendered / decoded of each reading,
     and the share of its pixels kept."""
     readings = HELD_READINGS[channel]
