@@ -1,11 +1,15 @@
 """What the behavior figures of an evaluation read: per prompt channel, the windows of a
 stream inside one commanded segment and past its ramp (`steady_windows`), what each was
 classified as (`behaviors.classify` on the probe's controls), and from them the accuracy, the
-confusion, how soon commands are followed and how long finished ones linger; beside them,
-the probe's own error where the classifier looks (`probe_error`). `evaluate.py` makes the
+confusion, how soon commands are followed and how long finished ones linger, and where the
+classifier's features sat in each commanded behavior's windows (`feature_levels_from`); beside
+them, the probe's own error where the classifier looks (`probe_error`). `evaluate.py` makes the
 streams and reads them; this module holds the measures."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -17,12 +21,24 @@ def behavior_name(b: int) -> str:
     return "idle" if b < 0 else bh.BEHAVIORS[b].name
 
 
+class Window(NamedTuple):
+    """One channel's windows at one start that `steady_windows` keeps: which of the `[B]`
+    streams qualify, and for those n what was commanded, what the classifier read, and the
+    features it read that from."""
+
+    channel: str
+    start: int
+    steady: np.ndarray  # [B] bool
+    commanded: np.ndarray  # [n] behavior id, -1 idle
+    classified: np.ndarray  # [n]
+    features: np.ndarray  # [n, features] `behaviors.window_features`
+
+
 def steady_windows(
     controls: np.ndarray, behavior: np.ndarray, window: int, protos: dict[str, np.ndarray]
-):
+) -> Iterator[Window]:
     """The windows every behavior metric reads: per channel and window start, those inside one
-    commanded segment and past its ramp. Yields (channel, start, which `[B]` bool, commanded
-    `[n]`, classified `[n]`) for the n streams whose window qualifies."""
+    commanded segment and past its ramp, classified (`behaviors.classify`)."""
     ramp = int(bh.RAMP_SECONDS * FPS) + 2
     t = controls.shape[1]
     for ch, channel in enumerate(bh.BEHAVIOR_CHANNELS):
@@ -31,8 +47,9 @@ def steady_windows(
             steady = (span == span[:, :1]).all(1)
             if not steady.any():
                 continue
-            pred = bh.classify(controls[steady, start : start + window], channel, protos)
-            yield channel, start, steady, span[steady, 0], pred
+            feats = bh.window_features(controls[steady, start : start + window], channel)
+            pred = bh.classify_features(feats, channel, protos)
+            yield Window(channel, start, steady, span[steady, 0], pred, feats)
 
 
 def behavior_confusion(
@@ -50,9 +67,45 @@ def confusion_from(windows) -> dict[str, dict[str, dict[str, int]]]:
     for channel in bh.BEHAVIOR_CHANNELS:
         names = [behavior_name(b) for b in (-1, *bh.CHANNEL_BEHAVIORS[channel])]
         out[channel] = {a: dict.fromkeys(names, 0) for a in names}
-    for channel, _, _, commanded, pred in windows:
-        for a, b in zip(commanded.tolist(), pred.tolist(), strict=True):
-            out[channel][behavior_name(a)][behavior_name(b)] += 1
+    for w in windows:
+        for a, b in zip(w.commanded.tolist(), w.classified.tolist(), strict=True):
+            out[w.channel][behavior_name(a)][behavior_name(b)] += 1
+    return out
+
+
+def feature_levels_from(windows: Iterable[Window]) -> dict[str, dict[str, dict[str, float]]]:
+    """Where the classifier's features sit in each commanded behavior's windows: channel ->
+    commanded -> {"windows": n, feature name: mean over those windows}. Beside
+    `prototype_levels`, it tells how far a missed behavior fell short (raised arms read at
+    0.7 where the prototype holds 0.85, say) and not only what it was read as."""
+    sums: dict[str, dict[str, list]] = {}
+    for w in windows:
+        rows = sums.setdefault(w.channel, {})
+        for b, f in zip(w.commanded.tolist(), w.features, strict=True):
+            acc = rows.setdefault(behavior_name(b), [0, 0.0])
+            acc[0] += 1
+            acc[1] = acc[1] + f
+    out = {}
+    for channel, rows in sums.items():
+        names = bh.feature_names(channel)
+        out[channel] = {
+            b: {"windows": n, **dict(zip(names, (total / n).tolist(), strict=True))}
+            for b, (n, total) in rows.items()
+        }
+    return out
+
+
+def prototype_levels(protos: dict[str, np.ndarray]) -> dict[str, dict[str, dict[str, float]]]:
+    """The classifier's prototypes as `feature_levels_from` writes levels: channel -> behavior
+    -> feature name -> value."""
+    out = {}
+    for channel in bh.BEHAVIOR_CHANNELS:
+        names = bh.feature_names(channel)
+        behaviors = (-1, *bh.CHANNEL_BEHAVIORS[channel])
+        out[channel] = {
+            behavior_name(b): dict(zip(names, row.tolist(), strict=True))
+            for b, row in zip(behaviors, protos[channel], strict=True)
+        }
     return out
 
 
@@ -98,13 +151,13 @@ def timing_from(windows, behavior: np.ndarray, window: int, bins: int = 5) -> di
     """`behavior_timing` of windows `steady_windows` has already classified."""
     starts, before = segment_starts(behavior), previous_behavior(behavior)
     counts = {key: (np.zeros(bins, int), np.zeros(bins, int)) for key in ("onset", "linger")}
-    for channel, start, steady, commanded, pred in windows:
-        ch = bh.BEHAVIOR_CHANNELS.index(channel)
-        late = np.minimum((start - starts[steady, start, ch]) // window, bins - 1)
-        earlier = before[steady, start, ch]
+    for w in windows:
+        ch = bh.BEHAVIOR_CHANNELS.index(w.channel)
+        late = np.minimum((w.start - starts[w.steady, w.start, ch]) // window, bins - 1)
+        earlier = before[w.steady, w.start, ch]
         for key, counted, hit in (
-            ("onset", commanded >= 0, pred == commanded),
-            ("linger", earlier >= 0, pred == earlier),
+            ("onset", w.commanded >= 0, w.classified == w.commanded),
+            ("linger", earlier >= 0, w.classified == earlier),
         ):
             hits, total = counts[key]
             np.add.at(total, late[counted], 1)

@@ -535,9 +535,15 @@ def classify(
 ) -> np.ndarray:
     """Windows of controls `[N, T, K]` -> behavior id per window (-1 idle), by nearest prototype
     in features scaled by `classifier_scale`."""
+    return classify_features(window_features(controls, channel), channel, protos, floor)
+
+
+def classify_features(
+    feats: np.ndarray, channel: str, protos: dict[str, np.ndarray], floor: float = SCALE_FLOOR
+) -> np.ndarray:
+    """`classify` of windows already turned into `window_features` `[N, n]`."""
     table = protos[channel]
     scale = classifier_scale(channel, protos, floor)
-    feats = window_features(controls, channel)  # [N, n]
     dist = (((feats[:, None] - table[None]) / scale) ** 2).sum(-1)  # [N, 1 + behaviors]
     labels = np.array((-1, *CHANNEL_BEHAVIORS[channel]))
     return labels[dist.argmin(-1)]

@@ -44,7 +44,9 @@ from flowact.renderer.training.behavior_metrics import (
     behavior_confusion,
     confusion_accuracy,
     confusion_from,
+    feature_levels_from,
     probe_error,
+    prototype_levels,
     steady_windows,
     timing_from,
 )
@@ -435,6 +437,10 @@ def compute_report(r: StreamReadings, cfg: EvalConfig) -> EvalReport:
         behavior_onset={kind: t["onset"] for kind, t in timing.items()},
         behavior_linger={kind: t["linger"] for kind, t in timing.items()},
         probe_error=probe_error(r.gt_controls, r.truth, cfg.window, protos),
+        behavior_features={
+            **{kind: feature_levels_from(w) for kind, w in windows.items()},
+            "prototype": prototype_levels(protos),
+        },
     )
 
 

@@ -42,6 +42,10 @@ class EvalReport:
     # the probe's error on ground truth where the behavior classifier looks (`probe_error`):
     # channel -> feature -> {"error", "scale"}
     probe_error: dict[str, dict] = field(default_factory=dict)
+    # where the classifier's features sat in each commanded behavior's windows
+    # (`feature_levels_from`; empty in reports written before it was measured): {"generated",
+    # "ground_truth", "prototype"} -> channel -> behavior -> feature -> mean (and "windows")
+    behavior_features: dict[str, dict] = field(default_factory=dict)
 
     def table(self) -> str:
         columns = ["metric", "generated", "ground truth"]

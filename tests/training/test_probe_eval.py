@@ -207,6 +207,15 @@ def test_run_eval_writes_a_table_and_reports(tmp_path):
     assert set(report.behavior_confusion["generated"]) == set(bh.BEHAVIOR_CHANNELS)
     assert loaded.behavior_confusion == report.behavior_confusion
     assert (tmp_path / "eval" / "behavior_confusion.png").stat().st_size > 0
+    # the features' levels count each commanded behavior's windows as the confusion does
+    levels = report.behavior_features
+    assert set(levels) == {"generated", "ground_truth", "prototype"}
+    assert loaded.behavior_features == levels
+    for channel, rows in levels["generated"].items():
+        table = report.behavior_confusion["generated"][channel]
+        assert {b: r["windows"] for b, r in rows.items()} == {
+            b: sum(row.values()) for b, row in table.items() if sum(row.values())
+        }
     assert str(loaded.behavior_onset) == str(report.behavior_onset)  # NaN: an empty bin
     onset = report.behavior_onset["generated"]
     assert len(onset["seconds"]) == len(onset["accuracy"]) == len(onset["windows"]) == 5
@@ -329,6 +338,41 @@ def test_behavior_accuracy_pools_the_channels_and_tells_them_apart():
         pooled,
         sum(n for _, n in counts.values()),
     )
+
+
+def test_feature_levels_show_how_far_a_missed_behavior_fell_short():
+    from flowact.renderer.training.behavior_metrics import (
+        behavior_confusion,
+        feature_levels_from,
+        prototype_levels,
+        steady_windows,
+    )
+
+    controls, behavior, protos, window = _commanded_streams(60, (3, 5))
+    raise_both = bh.BEHAVIOR_INDEX["raise_both"]
+    commanded = behavior[..., bh.BEHAVIOR_CHANNELS.index("gesture")] == raise_both  # [B, T]
+    assert commanded.any()
+    # arms that go only two thirds of the way up when both are asked to rise
+    short = controls.copy()
+    for arm in ("l_raise", "r_raise"):
+        short[..., bh.C[arm]] = np.where(
+            commanded, controls[..., bh.C[arm]] * 0.65, short[..., bh.C[arm]]
+        )
+    truth = feature_levels_from(steady_windows(controls, behavior, window, protos))
+    missed = feature_levels_from(steady_windows(short, behavior, window, protos))
+    proto = prototype_levels(protos)
+    assert list(proto["gesture"]["raise_both"]) == bh.feature_names("gesture")
+    assert proto["gesture"]["raise_both"]["mean l_raise"] == pytest.approx(0.85, abs=0.02)
+    levels, lowered = truth["gesture"]["raise_both"], missed["gesture"]["raise_both"]
+    # the same windows, counted as the confusion counts them
+    table = behavior_confusion(short, behavior, window, protos)["gesture"]["raise_both"]
+    assert lowered["windows"] == levels["windows"] == sum(table.values()) > 0
+    assert levels["mean l_raise"] == pytest.approx(0.85, abs=0.03)
+    assert lowered["mean l_raise"] == pytest.approx(0.65 * levels["mean l_raise"], rel=1e-6)
+    assert lowered["mean l_bend"] == pytest.approx(levels["mean l_bend"])  # untouched
+    assert table["spread"] > table["raise_both"]  # read as arms spread, two thirds up
+    # other behaviors' windows keep their levels
+    assert missed["gesture"]["wave"] == pytest.approx(truth["gesture"]["wave"])
 
 
 def test_a_late_response_reads_low_right_after_the_command_and_catches_up():
