@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import structlog
 
+from flowact.renderer.training import behaviors as bh
+
 log = structlog.get_logger(__name__)
 
 
@@ -308,6 +310,9 @@ def write_plots(report: EvalReport, film: list[np.ndarray], out_dir: Path) -> li
         if "behavior_confusion" in report.vae:
             confusion["through_vae"] = report.vae["behavior_confusion"]
         paths.append(plot_confusion(confusion, out_dir / "behavior_confusion.png"))
+    if report.behavior_features:
+        path = out_dir / "behavior_features.png"
+        paths.append(plot_feature_levels(report.behavior_features, path))
     if film:
         rows = [np.concatenate(list(f), axis=-2) for f in film]  # [3, B*H, 2W]
         strip = np.concatenate(rows, axis=-1).transpose(1, 2, 0)
@@ -346,6 +351,49 @@ def plot_confusion(confusion: dict[str, dict], path: Path) -> Path:
                 ax.set_xlabel("read as", fontsize=8)
             if col == 0:
                 ax.set_ylabel("commanded", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def own_features(behavior: str) -> list[str]:
+    """The classifier's features that a behavior sets: the mean of each control it holds and
+    the spread of each it swings (`behaviors.feature_names` spells them)."""
+    b = bh.BEHAVIORS[bh.BEHAVIOR_INDEX[behavior]]
+    return [f"mean {name}" for name, _ in b.targets] + [f"std {name}" for name, *_ in b.oscillate]
+
+
+def plot_feature_levels(levels: dict[str, dict], path: Path) -> Path:
+    """`EvalReport.behavior_features` as one panel per channel: for each commanded behavior,
+    each feature it sets, where the prototype puts it, where ground truth's windows and where
+    the generated windows read it. A miss read as another behavior shows here as how far the
+    generated level fell short of the prototype."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    channels = list(levels["prototype"])
+    fig, axes = plt.subplots(len(channels), 1, figsize=(11, 2.6 * len(channels)), squeeze=False)
+    marks = (("prototype", "k_", 14), ("ground_truth", "s", 5), ("generated", "o", 5))
+    for ax, channel in zip(axes[:, 0], channels, strict=True):
+        labels, points = [], {kind: [] for kind, *_ in marks}
+        for behavior in levels["prototype"][channel]:
+            if behavior == "idle":
+                continue
+            for feature in own_features(behavior):
+                labels.append(f"{behavior}: {feature}")
+                for kind in points:
+                    row = levels.get(kind, {}).get(channel, {}).get(behavior, {})
+                    points[kind].append(row.get(feature, float("nan")))
+        x = np.arange(len(labels))
+        for kind, style, size in marks:
+            ax.plot(x, points[kind], style, ms=size, label=kind.replace("_", " "), ls="none")
+        ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=7)
+        ax.set_title(channel, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, ncols=3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -211,6 +211,7 @@ def test_run_eval_writes_a_table_and_reports(tmp_path):
     levels = report.behavior_features
     assert set(levels) == {"generated", "ground_truth", "prototype"}
     assert loaded.behavior_features == levels
+    assert (tmp_path / "eval" / "behavior_features.png").stat().st_size > 0
     for channel, rows in levels["generated"].items():
         table = report.behavior_confusion["generated"][channel]
         assert {b: r["windows"] for b, r in rows.items()} == {
