@@ -267,6 +267,13 @@ def compare(
         Optional[Path],  # noqa: UP045
         typer.Option(help="Also a PNG of behavior accuracy per channel, run by run."),
     ] = None,
+    features: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            help="Also a PNG of where each run's generated windows held the features each "
+            "commanded behavior sets, beside the prototypes and the first run's ground truth."
+        ),
+    ] = None,
     through_vae: Annotated[
         bool,
         typer.Option(
@@ -281,6 +288,7 @@ def compare(
         compare_table,
         plot_channels,
         plot_comparison,
+        plot_feature_levels,
     )
 
     reports = {}
@@ -297,6 +305,13 @@ def compare(
         raise typer.BadParameter(f"no {metric!r} in {', '.join(missing)}", param_hint="--metric")
     if through_vae and channels is None:
         raise typer.BadParameter("needs --channels, the PNG it draws", param_hint="--through-vae")
+    if features is not None:
+        lacking = [name for name, r in reports.items() if not r.behavior_features]
+        if lacking:
+            raise typer.BadParameter(
+                f"no behavior_features in {', '.join(lacking)} (written before they were measured)",
+                param_hint="--features",
+            )
     typer.echo(compare_table(reports))
     typer.echo(f"plot in {plot_comparison(reports, metric, out)}")
     if channels is not None:
@@ -304,3 +319,8 @@ def compare(
             typer.echo(f"channels in {plot_channels(reports, channels, through_vae)}")
         except ValueError as err:
             raise typer.BadParameter(str(err), param_hint="--channels") from None
+    if features is not None:
+        first = next(iter(reports.values())).behavior_features
+        series = {"prototype": first["prototype"], "ground truth": first["ground_truth"]}
+        series |= {name: r.behavior_features["generated"] for name, r in reports.items()}
+        typer.echo(f"features in {plot_feature_levels(series, features)}")

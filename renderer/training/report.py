@@ -311,8 +311,9 @@ def write_plots(report: EvalReport, film: list[np.ndarray], out_dir: Path) -> li
             confusion["through_vae"] = report.vae["behavior_confusion"]
         paths.append(plot_confusion(confusion, out_dir / "behavior_confusion.png"))
     if report.behavior_features:
-        path = out_dir / "behavior_features.png"
-        paths.append(plot_feature_levels(report.behavior_features, path))
+        levels = report.behavior_features
+        series = {k: levels[k] for k in ("prototype", "ground_truth", "generated")}
+        paths.append(plot_feature_levels(series, out_dir / "behavior_features.png"))
     if film:
         rows = [np.concatenate(list(f), axis=-2) for f in film]  # [3, B*H, 2W]
         strip = np.concatenate(rows, axis=-1).transpose(1, 2, 0)
@@ -357,6 +358,13 @@ def plot_confusion(confusion: dict[str, dict], path: Path) -> Path:
     return path
 
 
+# each channel's behaviors by name, in the order the world lists them
+BEHAVIOR_NAMES = {
+    channel: [bh.BEHAVIORS[b].name for b in bh.CHANNEL_BEHAVIORS[channel]]
+    for channel in bh.BEHAVIOR_CHANNELS
+}
+
+
 def own_features(behavior: str) -> list[str]:
     """The classifier's features that a behavior sets: the mean of each control it holds and
     the spread of each it swings (`behaviors.feature_names` spells them)."""
@@ -364,37 +372,33 @@ def own_features(behavior: str) -> list[str]:
     return [f"mean {name}" for name, _ in b.targets] + [f"std {name}" for name, *_ in b.oscillate]
 
 
-def plot_feature_levels(levels: dict[str, dict], path: Path) -> Path:
-    """`EvalReport.behavior_features` as one panel per channel: for each commanded behavior,
-    each feature it sets, where the prototype puts it, where ground truth's windows and where
-    the generated windows read it. A miss read as another behavior shows here as how far the
-    generated level fell short of the prototype."""
+def plot_feature_levels(series: dict[str, dict], path: str | Path) -> Path:
+    """Levels of the classifier's features (`EvalReport.behavior_features`' kinds: channel ->
+    behavior -> feature -> mean) as one panel per channel: for each commanded behavior, each
+    feature it sets, one marker per series. A "prototype" series is drawn as a bar: a miss
+    read as another behavior shows as how far a generated level fell short of it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    channels = list(levels["prototype"])
+    channels = list(next(iter(series.values())))
     fig, axes = plt.subplots(len(channels), 1, figsize=(11, 2.6 * len(channels)), squeeze=False)
-    marks = (("prototype", "k_", 14), ("ground_truth", "s", 5), ("generated", "o", 5))
+    markers = iter("so^Dv<>pP*")
+    styles = {
+        name: ("k_", 14) if name == "prototype" else (next(markers, "o"), 5) for name in series
+    }
     for ax, channel in zip(axes[:, 0], channels, strict=True):
-        labels, points = [], {kind: [] for kind, *_ in marks}
-        for behavior in levels["prototype"][channel]:
-            if behavior == "idle":
-                continue
-            for feature in own_features(behavior):
-                labels.append(f"{behavior}: {feature}")
-                for kind in points:
-                    row = levels.get(kind, {}).get(channel, {}).get(behavior, {})
-                    points[kind].append(row.get(feature, float("nan")))
+        behaviors = BEHAVIOR_NAMES[channel]
+        labels = [f"{b}: {f}" for b in behaviors for f in own_features(b)]
         x = np.arange(len(labels))
-        for kind, style, size in marks:
-            ax.plot(x, points[kind], style, ms=size, label=kind.replace("_", " "), ls="none")
+        for name, levels in series.items():
+            rows = levels.get(channel, {})
+            y = [rows.get(b, {}).get(f, float("nan")) for b in behaviors for f in own_features(b)]
+            style, size = styles[name]
+            ax.plot(x, y, style, ms=size, label=name.replace("_", " "), ls="none")
         ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=7)
         ax.set_title(channel, fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=7, ncols=3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    axes[0, 0].legend(fontsize=7, ncols=min(len(series), 4))
+    return _save(plt, fig, path)

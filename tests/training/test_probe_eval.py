@@ -591,6 +591,39 @@ def test_compare_command_prints_the_table_and_names_bad_runs(tmp_path):
         timeout=120,
     )
     assert no_channels.returncode == 2 and "no behavior channels in a" in no_channels.stderr
+    # nor by feature levels, which reports written before them lack
+    no_levels = subprocess.run(
+        [*cmd, f"a={tmp_path / 'a'}", "--out", str(tmp_path / "c.png"), "--features", "f.png"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert no_levels.returncode == 2 and "no behavior_features in a" in no_levels.stderr
+    assert not (tmp_path / "f.png").exists()
+    from flowact.renderer.training.behavior_metrics import (
+        feature_levels_from,
+        prototype_levels,
+        steady_windows,
+    )
+
+    controls, behavior, protos, window = _commanded_streams(20, (3, 5))
+    levels = feature_levels_from(steady_windows(controls, behavior, window, protos))
+    report = _report([1.0, 1.0, 1.0], 0.5)
+    report.behavior_features = {
+        "generated": levels,
+        "ground_truth": levels,
+        "prototype": prototype_levels(protos),
+    }
+    (tmp_path / "a" / "report.json").write_text(report.to_json())
+    drawn = subprocess.run(
+        [*cmd, f"a={tmp_path / 'a'}", "--out", str(tmp_path / "c.png"), "--features", "f.png"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert drawn.returncode == 0, drawn.stderr
+    assert "features in f.png" in drawn.stdout and (tmp_path / "f.png").stat().st_size > 0
     # --through-vae draws the channels' PNG, so it needs --channels
     alone = subprocess.run(
         [*cmd, f"a={tmp_path / 'a'}", "--through-vae"], capture_output=True, text=True, timeout=120
