@@ -512,6 +512,13 @@ def feature_names(channel: str) -> list[str]:
     return [f"{stat} {name}" for stat, name in _FEATURES[channel]]
 
 
+def own_features(behavior: Behavior) -> list[str]:
+    """The `feature_names` a behavior sets: the mean of each control it holds and the spread
+    of each it swings."""
+    held = [f"mean {name}" for name, _ in behavior.targets]
+    return held + [f"std {name}" for name, *_ in behavior.oscillate]
+
+
 # The least `classify` divides a feature's distance by. A feature that barely differs between
 # a channel's behaviors must not decide among them by less than the pose probe can read it:
 # the left forearm's bend spreads by 0.039 over the gesture prototypes, and the probe reads a

@@ -358,20 +358,6 @@ def plot_confusion(confusion: dict[str, dict], path: Path) -> Path:
     return path
 
 
-# each channel's behaviors by name, in the order the world lists them
-BEHAVIOR_NAMES = {
-    channel: [bh.BEHAVIORS[b].name for b in bh.CHANNEL_BEHAVIORS[channel]]
-    for channel in bh.BEHAVIOR_CHANNELS
-}
-
-
-def own_features(behavior: str) -> list[str]:
-    """The classifier's features that a behavior sets: the mean of each control it holds and
-    the spread of each it swings (`behaviors.feature_names` spells them)."""
-    b = bh.BEHAVIORS[bh.BEHAVIOR_INDEX[behavior]]
-    return [f"mean {name}" for name, _ in b.targets] + [f"std {name}" for name, *_ in b.oscillate]
-
-
 def plot_feature_levels(series: dict[str, dict], path: str | Path) -> Path:
     """Levels of the classifier's features (`EvalReport.behavior_features`' kinds: channel ->
     behavior -> feature -> mean) as one panel per channel: for each commanded behavior, each
@@ -382,19 +368,20 @@ def plot_feature_levels(series: dict[str, dict], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    channels = list(next(iter(series.values())))
+    channels = bh.BEHAVIOR_CHANNELS
     fig, axes = plt.subplots(len(channels), 1, figsize=(11, 2.6 * len(channels)), squeeze=False)
     markers = iter("so^Dv<>pP*")
     styles = {
         name: ("k_", 14) if name == "prototype" else (next(markers, "o"), 5) for name in series
     }
     for ax, channel in zip(axes[:, 0], channels, strict=True):
-        behaviors = BEHAVIOR_NAMES[channel]
-        labels = [f"{b}: {f}" for b in behaviors for f in own_features(b)]
+        behaviors = [bh.BEHAVIORS[i] for i in bh.CHANNEL_BEHAVIORS[channel]]
+        own = [(b.name, f) for b in behaviors for f in bh.own_features(b)]
+        labels = [f"{b}: {f}" for b, f in own]
         x = np.arange(len(labels))
         for name, levels in series.items():
             rows = levels.get(channel, {})
-            y = [rows.get(b, {}).get(f, float("nan")) for b in behaviors for f in own_features(b)]
+            y = [rows.get(b, {}).get(f, float("nan")) for b, f in own]
             style, size = styles[name]
             ax.plot(x, y, style, ms=size, label=name.replace("_", " "), ls="none")
         ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=7)

@@ -364,6 +364,12 @@ def test_feature_levels_show_how_far_a_missed_behavior_fell_short():
     proto = prototype_levels(protos)
     assert list(proto["gesture"]["raise_both"]) == bh.feature_names("gesture")
     assert proto["gesture"]["raise_both"]["mean l_raise"] == pytest.approx(0.85, abs=0.02)
+    # the features a behavior sets are among those its channel's classifier reads
+    own = bh.own_features(bh.BEHAVIORS[raise_both])
+    assert own == ["mean l_raise", "mean r_raise", "mean l_bend", "mean r_bend"]
+    assert bh.own_features(bh.BEHAVIORS[bh.BEHAVIOR_INDEX["nod"]]) == ["std pitch"]
+    for b in bh.BEHAVIORS:
+        assert set(bh.own_features(b)) <= set(bh.feature_names(b.channel)), b.name
     levels, lowered = truth["gesture"]["raise_both"], missed["gesture"]["raise_both"]
     # the same windows, counted as the confusion counts them
     table = behavior_confusion(short, behavior, window, protos)["gesture"]["raise_both"]
@@ -624,6 +630,15 @@ def test_compare_command_prints_the_table_and_names_bad_runs(tmp_path):
     )
     assert drawn.returncode == 0, drawn.stderr
     assert "features in f.png" in drawn.stdout and (tmp_path / "f.png").stat().st_size > 0
+    # a run may not take the name of the plot's own series
+    clash = subprocess.run(
+        [*cmd, f"prototype={tmp_path / 'a'}", "--features", "g.png"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert clash.returncode == 2 and "rename the run" in clash.stderr
     # --through-vae draws the channels' PNG, so it needs --channels
     alone = subprocess.run(
         [*cmd, f"a={tmp_path / 'a'}", "--through-vae"], capture_output=True, text=True, timeout=120
