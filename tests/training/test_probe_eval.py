@@ -576,34 +576,27 @@ def test_compare_command_prints_the_table_and_names_bad_runs(tmp_path):
     import subprocess
     import sys
 
+    def compare(*args: str):
+        return subprocess.run(
+            [sys.executable, "-m", "flowact", "compare", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+
     for name, lip in (("a", 0.5), ("b", 0.25)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "report.json").write_text(_report([1.0, 1.0, 1.0], lip).to_json())
-    cmd = [sys.executable, "-m", "flowact", "compare"]
-    done = subprocess.run(
-        [*cmd, f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--out", str(tmp_path / "c.png")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = compare("a=a", "b=b", "--out", "c.png")
     assert done.returncode == 0, done.stderr
     assert "| lipsync | 0.500 | 0.250 | 0.970 |" in done.stdout
     assert (tmp_path / "c.png").stat().st_size > 0
     # runs whose reports hold no channels cannot be drawn by channel, and say so
-    no_channels = subprocess.run(
-        [*cmd, f"a={tmp_path / 'a'}", "--out", str(tmp_path / "c.png"), "--channels", "x.png"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    no_channels = compare("a=a", "--out", "c.png", "--channels", "x.png")
     assert no_channels.returncode == 2 and "no behavior channels in a" in no_channels.stderr
     # nor by feature levels, which reports written before them lack
-    no_levels = subprocess.run(
-        [*cmd, f"a={tmp_path / 'a'}", "--out", str(tmp_path / "c.png"), "--features", "f.png"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    no_levels = compare("a=a", "--out", "c.png", "--features", "f.png")
     assert no_levels.returncode == 2 and "no behavior_features in a" in no_levels.stderr
     assert not (tmp_path / "f.png").exists()
     from flowact.renderer.training.behavior_metrics import (
@@ -621,34 +614,18 @@ def test_compare_command_prints_the_table_and_names_bad_runs(tmp_path):
         "prototype": prototype_levels(protos),
     }
     (tmp_path / "a" / "report.json").write_text(report.to_json())
-    drawn = subprocess.run(
-        [*cmd, f"a={tmp_path / 'a'}", "--out", str(tmp_path / "c.png"), "--features", "f.png"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    drawn = compare("a=a", "--out", "c.png", "--features", "f.png")
     assert drawn.returncode == 0, drawn.stderr
     assert "features in f.png" in drawn.stdout and (tmp_path / "f.png").stat().st_size > 0
     # a run may not take the name of the plot's own series
-    clash = subprocess.run(
-        [*cmd, f"prototype={tmp_path / 'a'}", "--features", "g.png"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    clash = compare("prototype=a", "--features", "g.png")
     assert clash.returncode == 2 and "rename the run" in clash.stderr
     # --through-vae draws the channels' PNG, so it needs --channels
-    alone = subprocess.run(
-        [*cmd, f"a={tmp_path / 'a'}", "--through-vae"], capture_output=True, text=True, timeout=120
-    )
+    alone = compare("a=a", "--through-vae")
     assert alone.returncode == 2 and "needs --channels, the PNG it draws" in alone.stderr
-    bad = subprocess.run([*cmd, "a"], capture_output=True, text=True, timeout=120)
+    bad = compare("a")
     assert bad.returncode == 2 and "'a' is not NAME=DIR" in bad.stderr
-    gone = subprocess.run(
-        [*cmd, f"x={tmp_path / 'none'}"], capture_output=True, text=True, timeout=120
-    )
+    gone = compare("x=none")
     assert gone.returncode == 2 and "no evaluation report at" in gone.stderr
 
 
