@@ -7,10 +7,11 @@ channels, blended in and out over `RAMP_SECONDS` so that prompt changes are smoo
 
 Every behavior has training prompts and held-out paraphrases (`heldout`) that training never
 shows; evaluation commands behaviors with the held-out ones. The first four training phrasings
-of each behavior were written with the held-out ones; the rest were written later by someone
-who never saw the held-out ones, and kept only if no held-out phrasing lies nearer to them in
-MiniLM space than `HELDOUT_CEILING`, the nearest any of the first four came to one, so that
-more phrasings widen what training covers without bringing the test's phrasings into it.
+of each behavior were written with the held-out ones; the rest were written later, in two
+sets, by people who never saw the held-out ones. The second set was kept only where no held-out
+phrasing lies nearer to it in MiniLM space than `HELDOUT_CEILING`, the nearest any of the first
+four came to one; the third (`ADDED_PHRASINGS`) only under the stricter `ADDED_CEILING`. So more
+phrasings widen what training covers without bringing the test's phrasings into it.
 
 `classify` reads behaviors back from a window of controls (ground truth or the pose probe's
 reading of generated frames) by nearest prototype, which is what the behavior-accuracy metric
@@ -20,7 +21,7 @@ uses.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -47,6 +48,9 @@ C = {name: i for i, name in enumerate(CONTROLS)}
 # the largest MiniLM cosine of a training phrasing to a held-out one ("tilts the head to the
 # left" against "head tilted over to the left", 0.922)
 HELDOUT_CEILING = 0.925
+# the nearest an added phrasing (`ADDED_PHRASINGS`) may come to a held-out one: under the 90th
+# percentile of the second set's (0.82), so the test's phrasings stay as far from training
+ADDED_CEILING = 0.80
 RAMP_SECONDS = 0.24
 EYES_REST = 0.75
 
@@ -64,7 +68,7 @@ class Behavior:
 
 
 # fmt: off
-BEHAVIORS: tuple[Behavior, ...] = (
+_WRITTEN: tuple[Behavior, ...] = (
     # posture
     Behavior("tilt_left", "posture",
              ("tilts the head to the left", "leans the head to one side, left",
@@ -227,7 +231,204 @@ BEHAVIORS: tuple[Behavior, ...] = (
              ("lays a palm against the chest", "holds a hand to the heart"),
              (("r_raise", 0.05), ("r_bend", -0.6))),
 )
+
+# The third set of training phrasings (2026-12-07): written by someone who saw the training
+# phrasings above and never the held-out ones, and kept only where no held-out phrasing lies
+# nearer to it in MiniLM space than `ADDED_CEILING` (153 of 170 were).
+ADDED_PHRASINGS: dict[str, tuple[str, ...]] = {
+    "tilt_left": (
+        "rests the head at a leftward angle",
+        "lowers the left ear toward the shoulder",
+        "keeps the head cocked to the left",
+        "slants the head to the left, skeptical",
+        "tips the head over toward the left shoulder, amused",
+        "leans the head left like a puzzled puppy",
+    ),
+    "tilt_right": (
+        "tilts the head rightward, interested",
+        "lowers the right ear toward the shoulder",
+        "keeps the head cocked to the right",
+        "gives a sideways head tilt to the right, pondering",
+        "rests the head at an angle to the right",
+        "tips the head toward the right shoulder, amused",
+        "cocks the head right like a curious puppy",
+    ),
+    "lean_in": (
+        "leans toward the viewer, intrigued",
+        "draws closer to the screen",
+        "hunches forward eagerly",
+        "pitches the torso forward, fascinated",
+        "edges nearer to the camera",
+        "sits forward, wanting to hear more",
+        "tips the whole upper body toward the camera",
+        "bends in close to catch every word",
+        "leans in, intently focused",
+        "closes the distance by leaning forward",
+    ),
+    "nod": (
+        "nods approvingly",
+        "gives a nod of assent",
+        "gives an affirmative bob of the head",
+        "nods enthusiastically",
+        "agrees with a series of nods",
+        "nods several times, encouraging",
+        "confirms with a quick head nod",
+        "nods understandingly",
+        "nods vigorously, totally agreeing",
+        "nods, meaning yes, sounds good",
+    ),
+    "shake": (
+        "shakes the head, refusing",
+        "shakes the head vigorously",
+        "declines with a head shake",
+        "gives a disapproving shake of the head",
+        "shakes the head sadly",
+        "shakes the head, meaning nope",
+        "shakes the head, unconvinced",
+        "gives a quick no-no head shake",
+        "wags the head side to side, denying it",
+        "shakes the head, not having it",
+    ),
+    "look_up": (
+        "looks up toward the sky",
+        "gazes upward, daydreaming",
+        "peers up and off to the side, reflecting",
+        "raises the chin and gazes skyward",
+        "looks overhead, trying to recall",
+        "glances up, working something out",
+        "shifts the eyes up, contemplating",
+        "looks heavenward, musing",
+        "turns the gaze toward the ceiling, thinking hard",
+        "looks up, trying to remember a name",
+    ),
+    "look_down": (
+        "looks at the floor, bashful",
+        "hangs the head and looks down, ashamed",
+        "averts the eyes downward, embarrassed",
+        "looks down at the feet",
+        "glances down, avoiding eye contact",
+        "fixes the eyes on the ground",
+        "looks downward, sheepish",
+        "studies the floor, deep in thought",
+    ),
+    "look_left": (
+        "turns to look toward the left",
+        "glances left, curious",
+        "sneaks a look to the left",
+        "eyes something off to the left",
+        "fixes the gaze on the left side",
+        "turns the head and eyes left",
+        "looks leftward, wary",
+        "checks out something on the left",
+        "glances sideways to the left, suspicious",
+    ),
+    "look_right": (
+        "turns to look toward the right",
+        "glances right, curious",
+        "eyes something off to the right side",
+        "turns the head and eyes to the right",
+        "looks rightward, cautious",
+        "checks out something over on the right",
+        "glances sideways to the right, suspicious",
+    ),
+    "smile": (
+        "beams at the viewer",
+        "smiles from ear to ear",
+        "gives a cheerful grin",
+        "lights up with a smile",
+        "wears a contented smile",
+        "smiles, delighted",
+        "flashes a toothy grin",
+        "cracks a smile",
+        "offers a reassuring smile",
+        "smiles broadly, glad to see you",
+    ),
+    "frown": (
+        "frowns in dismay",
+        "pulls a sour face",
+        "looks glum",
+        "wears a disapproving frown",
+        "lets the smile fade into a frown",
+        "grimaces with displeasure",
+        "frowns, clearly annoyed",
+        "puts on a gloomy expression",
+        "looks dejected, mouth turned down",
+    ),
+    "surprise": (
+        "looks shocked",
+        "arches the eyebrows in astonishment",
+        "goes wide-eyed",
+        "looks stunned",
+        "shoots the eyebrows up, amazed",
+        "reacts with astonishment",
+        "looks caught off guard",
+        "pops the eyes open, startled",
+        "looks flabbergasted",
+        "looks astounded by the news",
+    ),
+    "wave": (
+        "waves hi to everyone watching",
+        "flaps the right hand in greeting",
+        "gives a cheery hello wave",
+        "waves farewell",
+        "signs off with a wave",
+        "waves enthusiastically at the camera",
+        "waves the raised right palm side to side",
+        "waves to get the viewer's attention",
+        "sends a wave, happy to see you",
+    ),
+    "spread": (
+        "opens the arms wide, welcoming everyone",
+        "throws the arms open to the sides",
+        "opens up both arms as if for a hug",
+        "holds the arms apart at shoulder height",
+        "stretches the arms out horizontally",
+        "sweeps both arms outward to the sides",
+        "gestures expansively, arms out to each side",
+        "opens both arms out like wings",
+        "puts the arms out to either side, palms up",
+    ),
+    "raise_both": (
+        "raises both arms in triumph",
+        "hoists both hands over the head",
+        "keeps both arms extended straight overhead",
+        "puts both hands up in surrender",
+        "lifts both hands toward the ceiling",
+        "celebrates a goal with both arms up",
+        "raises both hands high, overjoyed",
+        "sticks both arms up, elated",
+        "lifts both arms up, rejoicing",
+    ),
+    "point": (
+        "points over there, to the right",
+        "aims the right arm at something to the side",
+        "singles out something on the right by pointing",
+        "points the way to the right, guiding",
+        "indicates a spot to the right with a finger",
+        "points rightward with an outstretched arm",
+        "shows the direction by pointing right",
+        "points sideways, as if saying look there",
+        "jabs a finger toward the right",
+        "points out something to the right, explaining",
+    ),
+    "hand_chest": (
+        "places a palm over the heart, touched",
+        "lays the right hand flat on the chest",
+        "clasps the chest with the right hand",
+        "pledges with a hand over the heart",
+        "thanks the viewer with a hand on the heart",
+        "indicates oneself with a hand on the chest",
+        "rests the right hand over the heart, humbled",
+        "holds a hand against the chest, apologizing",
+        "lifts the right hand to the heart, emotional",
+        "keeps a hand pressed over the heart, earnest",
+    ),
+}
 # fmt: on
+
+BEHAVIORS: tuple[Behavior, ...] = tuple(
+    replace(b, prompts=b.prompts + ADDED_PHRASINGS.get(b.name, ())) for b in _WRITTEN
+)
 
 BEHAVIOR_INDEX = {b.name: i for i, b in enumerate(BEHAVIORS)}
 CHANNEL_BEHAVIORS: dict[str, tuple[int, ...]] = {

@@ -62,7 +62,8 @@ def test_no_mixing_at_probability_zero_and_a_clear_error_outside_it(table):
     assert torch.equal(still, table.expand(3, -1, -1))
     with pytest.raises(ValueError, match=r"prompt_mix must be within \[0, 1\], not 1.5"):
         PromptMix.world(1.5)
-    with pytest.raises(ValueError, match="knows 264 prompts; the prompt table has 10"):
+    known = len(bh.prompt_table()[0])
+    with pytest.raises(ValueError, match=f"knows {known} prompts; the prompt table has 10"):
         PromptMix.world(0.5).tables(table[:10], 2, torch.Generator())
 
 

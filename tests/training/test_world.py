@@ -89,6 +89,15 @@ def test_no_training_phrasing_comes_nearer_a_heldout_one_than_the_ceiling():
     # the ceiling is what it says: the first four phrasings of a behavior come that near
     first_four = [i for ids in train.values() for i in ids[:4]]
     assert float((unit[first_four] @ unit[heldout].T).max()) > bh.HELDOUT_CEILING - 0.01
+    # the third set of phrasings ends each behavior's list and keeps the stricter ceiling
+    added = []
+    for b, ids in train.items():
+        more = bh.ADDED_PHRASINGS.get(bh.BEHAVIORS[b].name, ())
+        assert tuple(texts[i] for i in ids[len(ids) - len(more) :]) == more
+        added += ids[len(ids) - len(more) :]
+    assert len(added) == sum(map(len, bh.ADDED_PHRASINGS.values())) > 0
+    assert set(bh.ADDED_PHRASINGS) <= {b.name for b in bh.BEHAVIORS}
+    assert float((unit[added] @ unit[heldout].T).max()) <= bh.ADDED_CEILING
 
 
 def test_heldout_neighbours_name_the_paraphrases_an_encoder_places_elsewhere():
