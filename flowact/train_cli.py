@@ -306,12 +306,12 @@ def compare(
     if through_vae and channels is None:
         raise typer.BadParameter("needs --channels, the PNG it draws", param_hint="--through-vae")
     if features is not None:
-        lacking = [name for name, r in reports.items() if not r.behavior_features]
         if {"prototype", "ground truth"} & set(reports):
             raise typer.BadParameter(
                 "'prototype' and 'ground truth' name the plot's own series; rename the run",
                 param_hint="RUNS",
             )
+        lacking = [name for name, r in reports.items() if not r.behavior_features]
         if lacking:
             raise typer.BadParameter(
                 f"no behavior_features in {', '.join(lacking)} (written before they were measured)",
