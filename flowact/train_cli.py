@@ -171,7 +171,8 @@ def evaluate(
         Phrasing,
         typer.Option(
             help="Phrasings of the behavior prompts: heldout (never trained on; the targets are "
-            "figures of these) or train (the same behaviors at the same times, as trained).",
+            "figures of these) or train (the same behaviors at the same times, in phrasings the "
+            "checkpoint's sampling.json says it was trained on).",
         ),
     ] = Phrasing.heldout,
     anchors: Annotated[
@@ -182,7 +183,8 @@ def evaluate(
         Optional[float],  # noqa: UP045
         typer.Option(
             help="Anchor prompts at this temperature (0: the nearest trained phrasing), over the "
-            "world's training phrasings where the checkpoint names none.",
+            "phrasings the checkpoint was trained on where it names no anchors (the world's "
+            "training phrasings where it names neither).",
             min=0.0,
         ),
     ] = None,

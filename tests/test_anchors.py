@@ -94,7 +94,7 @@ def test_a_checkpoint_with_anchors_conditions_the_renderer_on_its_trained_phrasi
 
 def test_an_evaluation_gives_each_slot_its_channels_anchored_phrasings(encoder):
     from flowact.renderer.training.evaluate import EvalConfig, anchored_ids, eval_anchors
-    from flowact.renderer.training.export import Bundle
+    from flowact.renderer.training.export import TRAINED_KEY, Bundle
 
     texts, train, heldout = bh.prompt_table()
     table = encoder.encode(texts)
@@ -114,3 +114,12 @@ def test_an_evaluation_gives_each_slot_its_channels_anchored_phrasings(encoder):
     assert torch.allclose(got[0], table[nearest], atol=1e-6)
     assert torch.allclose(got[1], table[train[look_left][2]], atol=1e-6)  # trained: itself
     assert (moved[ids < 0] == -1).all()
+    # a checkpoint that records what it was trained on is anchored on those phrasings alone
+    known = [texts[train[b][0]] for b in bh.CHANNEL_BEHAVIORS["gaze"]]
+    recorded = Bundle(None, None, None, None, None, {TRAINED_KEY: {"gaze": known}})
+    anchors = eval_anchors(recorded, table, EvalConfig(anchor_temperature=0.0))
+    stacked, moved = anchored_ids(table, ids, anchors)
+    got = stacked[moved[0, :2, slot["gaze"]]]
+    firsts = [train[b][0] for b in bh.CHANNEL_BEHAVIORS["gaze"]]
+    for row, i in zip(got, (heldout[look_left][0], train[look_left][2]), strict=True):
+        assert torch.allclose(row, table[firsts[int((table[firsts] @ table[i]).argmax())]])

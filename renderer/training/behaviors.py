@@ -305,6 +305,9 @@ class TimelineConfig:
     max_chunks: int = 8
     idle_prob: float = 0.35  # a segment with no prompt on that channel
     heldout: bool = False  # use the held-out paraphrases
+    # the training phrasings to draw from, where not all of them (a checkpoint's record of what
+    # it was trained on); the draws are the same, over each behavior's shorter list
+    trained: frozenset[str] | None = None
 
 
 @dataclass
@@ -321,8 +324,24 @@ class Timeline:
 
 def sample_timeline(frames: int, rng: np.random.Generator, cfg: TimelineConfig) -> Timeline:
     """Random behavior segments per channel, switching on chunk boundaries."""
-    _, train, heldout = prompt_table()
+    texts, train, heldout = prompt_table()
     phrasings = heldout if cfg.heldout else train
+    if cfg.trained is not None:
+        if cfg.heldout:
+            seen = sorted({texts[i] for ids in heldout.values() for i in ids} & cfg.trained)
+            if seen:
+                raise ValueError(
+                    f"{len(seen)} held-out phrasings are among those trained on, such as "
+                    f"{seen[0]!r}: a reading of them would not be held out"
+                )
+        else:
+            phrasings = {b: [i for i in ids if texts[i] in cfg.trained] for b, ids in train.items()}
+            missing = [BEHAVIORS[b].name for b, ids in phrasings.items() if not ids]
+            if missing:
+                raise ValueError(
+                    f"none of the training phrasings of {', '.join(missing)} is among those "
+                    "trained on"
+                )
     behavior = np.full((frames, len(BEHAVIOR_CHANNELS)), -1, np.int64)
     prompt = np.full_like(behavior, -1)
     for ch, channel in enumerate(BEHAVIOR_CHANNELS):

@@ -51,7 +51,12 @@ from flowact.renderer.training.behavior_metrics import (
     timing_from,
 )
 from flowact.renderer.training.data import chunk_condition, chunk_windows
-from flowact.renderer.training.export import Bundle, load_checkpoint
+from flowact.renderer.training.export import (
+    TRAINED_KEY,
+    Bundle,
+    load_checkpoint,
+    trained_phrasings,
+)
 from flowact.renderer.training.probe import PoseProbe, read_frames
 from flowact.renderer.training.report import EvalReport, write_plots
 from flowact.schemas.timebase import FPS, FRAMES_PER_CHUNK, FRAMES_PER_LATENT, SAMPLES_PER_CHUNK
@@ -76,8 +81,8 @@ class EvalConfig:
     film_seconds: tuple[float, ...] = (0.5, 30.0, 150.0, 299.0)
     vae_seconds: float = 20.0  # ground truth through the VAE (the latent space's ceiling)
     # prompt anchoring (`flowact.renderer.anchors`): the checkpoint's if it has them; with a
-    # temperature, at that temperature (over the world's training phrasings if the checkpoint
-    # names none); anchors=False: none
+    # temperature, at that temperature (over the phrasings it was trained on if it names no
+    # anchors, or the world's training phrasings if it names neither); anchors=False: none
     anchors: bool = True
     anchor_temperature: float | None = None
     # the prompts' phrasings: "heldout" (never trained on, the targets' figures) or "train";
@@ -137,14 +142,21 @@ class EvalStreams:
         return self.controls.shape[1] // FRAMES_PER_CHUNK
 
 
-def make_streams(cfg: EvalConfig, bank: list[np.ndarray]) -> EvalStreams:
+def make_streams(
+    cfg: EvalConfig, bank: list[np.ndarray], trained: frozenset[str] | None = None
+) -> EvalStreams:
+    """The characters, speech, behaviors and phrasings of `cfg`'s streams; with `trained` (the
+    phrasings a checkpoint was trained on), training phrasings come from among those alone, and
+    held-out ones must not be among them."""
     rng = np.random.default_rng(cfg.seed)
     chunks = max(2, int(cfg.seconds * FPS) // FRAMES_PER_CHUNK)
     frames = chunks * FRAMES_PER_CHUNK
     if cfg.prompts not in ("heldout", "train"):
         raise ValueError(f"prompts must be 'heldout' or 'train', not {cfg.prompts!r}")
     heldout = cfg.prompts == "heldout"
-    tl_cfg = bh.TimelineConfig(*cfg.segment_chunks, idle_prob=0.25, heldout=heldout)
+    tl_cfg = bh.TimelineConfig(
+        *cfg.segment_chunks, idle_prob=0.25, heldout=heldout, trained=trained
+    )
     pcms, ctrls, timelines = [], [], []
     for _ in range(cfg.identities):
         pcm = eval_speech(chunks * SAMPLES_PER_CHUNK / 16000, rng, bank)
@@ -165,8 +177,8 @@ def eval_anchors(bundle: Bundle, table: Tensor, cfg: EvalConfig) -> PromptAnchor
     spec = bundle.sampling.get(SPEC_KEY)
     if not cfg.anchors or (spec is None and cfg.anchor_temperature is None):
         return None
-    if spec is None:
-        spec = anchor_spec(bh.training_phrasings())
+    if spec is None:  # the phrasings it was trained on, where it says; else the world's
+        spec = anchor_spec(bundle.sampling.get(TRAINED_KEY) or bh.training_phrasings())
     if cfg.anchor_temperature is not None:
         spec = {**spec, "temperature": cfg.anchor_temperature}
     return PromptAnchors.from_spec(spec, table_encoder(bh.prompt_table()[0], table))
@@ -478,7 +490,14 @@ def run_eval(
     probes = [probe, *also.values()]
     if text_table is None:
         text_table = _text_table(cfg, bundle.config.name, bundle.config.text_dim)
-    streams = make_streams(cfg, eval_bank(cfg))
+    trained = trained_phrasings(bundle.sampling)
+    if trained is None and cfg.prompts == "train":
+        log.warning(
+            "trained_phrasings_unknown",
+            note="the checkpoint does not record its training phrasings; drawing from all the "
+            "world trains on now, some of which it may never have seen",
+        )
+    streams = make_streams(cfg, eval_bank(cfg), trained)
     where = next(bundle.model.parameters()).device
     log.info("eval_streams", device=str(where), identities=cfg.identities, seconds=cfg.seconds)
     readings = generate_and_read(bundle, probes, streams, text_table, cfg)

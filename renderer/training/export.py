@@ -1,5 +1,6 @@
 """The shipped checkpoint: DiT + VAE + audio encoder (+ the pose probe) as capped safetensors
-shards through `renderer.weights.save_weights`, and `sampling.json` with how to run it.
+shards through `renderer.weights.save_weights`, and `sampling.json` with how to run it and
+what its DiT was trained on (`TRAINED_KEY`).
 
 Large float tensors are stored in bfloat16 (the demo checkpoint must stay under 48 MiB);
 small ones (norms, biases, latent statistics) stay float32. `load_into` casts back to the
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,36 @@ from flowact.renderer.weights import (
 )
 
 SMALL_TENSOR = 4096  # elements; smaller float tensors keep float32
+# in `sampling.json`: per behavior channel, the phrasings the checkpoint's DiT was trained on
+# (`flowact eval --prompts train` draws from these, and checks the held-out ones are not there)
+TRAINED_KEY = "trained_phrasings"
+
+
+def phrasings_record(
+    trained: Mapping[str, Sequence[str]], earlier: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, list[str]]:
+    """What a checkpoint records under `TRAINED_KEY`: per channel the phrasings its run trained
+    on (`trained`), then those of `earlier`, the record of the checkpoint its DiT started from,
+    that the run did not train on again."""
+    earlier = earlier or {}
+    out = {ch: list(p) for ch, p in trained.items()}
+    for ch, phrasings in earlier.items():
+        have = out.setdefault(ch, [])
+        have += [p for p in phrasings if p not in have]
+    return out
+
+
+def trained_phrasings(sampling: Mapping[str, Any]) -> frozenset[str] | None:
+    """Every phrasing a checkpoint's `sampling.json` says its DiT was trained on, or None where
+    it does not say (checkpoints exported before the record was kept)."""
+    record = sampling.get(TRAINED_KEY)
+    if record is None:
+        return None
+    if not isinstance(record, Mapping) or not all(
+        isinstance(p, list | tuple) and all(isinstance(t, str) for t in p) for p in record.values()
+    ):
+        raise ValueError(f"{TRAINED_KEY} must map behavior channels to lists of phrasings")
+    return frozenset(t for p in record.values() for t in p)
 
 
 def compact_state(module: nn.Module, dtype: torch.dtype = torch.bfloat16) -> dict[str, Tensor]:

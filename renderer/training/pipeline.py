@@ -55,7 +55,13 @@ from flowact.renderer.training.common import EMA, pick_device
 from flowact.renderer.training.distill import DistillConfig, train_distill
 from flowact.renderer.training.dmd import DMDConfig, train_dmd
 from flowact.renderer.training.evaluate import EvalConfig, run_eval
-from flowact.renderer.training.export import Bundle, export_checkpoint, load_checkpoint
+from flowact.renderer.training.export import (
+    TRAINED_KEY,
+    Bundle,
+    export_checkpoint,
+    load_checkpoint,
+    phrasings_record,
+)
 from flowact.renderer.training.refit import (
     NO_PROBE_ON_FOOTAGE,
     decoder_stage,
@@ -74,6 +80,7 @@ from flowact.renderer.training.workdir import (
     seed_workdir,
     take_data,
 )
+from flowact.renderer.weights import read_sampling
 
 log = structlog.get_logger(__name__)
 
@@ -344,6 +351,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         "refine_every": cfg.refine_every,
         "text_encoder": "auto",
     }
+    # a DiT from init_from was trained on that checkpoint's phrasings too
+    earlier = read_sampling(cfg.init_from).get(TRAINED_KEY) if cfg.init_dit else None
+    sampling[TRAINED_KEY] = phrasings_record(source.training_phrasings(), earlier)
     if cfg.anchor_temperature is not None:
         sampling[SPEC_KEY] = anchor_spec(source.training_phrasings(), cfg.anchor_temperature)
     final = student_ema.model

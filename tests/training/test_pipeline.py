@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -18,7 +19,12 @@ import torch
 from flowact.renderer.text import HashTextEncoder
 from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import speech
-from flowact.renderer.training.export import combine_checkpoints, export_checkpoint, load_checkpoint
+from flowact.renderer.training.export import (
+    TRAINED_KEY,
+    combine_checkpoints,
+    export_checkpoint,
+    load_checkpoint,
+)
 from flowact.renderer.training.pipeline import PipelineConfig, run_pipeline
 from flowact.renderer.training.pipeline import main as pipeline_main
 from flowact.renderer.training.refit import refit_checkpoint
@@ -95,6 +101,9 @@ def test_a_run_with_dmd_keeps_the_student_from_before_it(main_run):
     _, ckpt, summary = main_run
     before = summary["checkpoint_before_dmd"]
     assert before == f"{ckpt}_before_dmd"
+    # both record the phrasings their DiT was trained on: the world's training phrasings
+    for exported in (ckpt, before):
+        assert load_checkpoint(exported).sampling[TRAINED_KEY] == bh.training_phrasings()
     a, b = load_checkpoint(ckpt).model.state_dict(), load_checkpoint(before).model.state_dict()
     assert a.keys() == b.keys()
     assert any(not torch.equal(a[k], b[k]) for k in a)  # DMD changed the student it was given
@@ -259,11 +268,20 @@ def test_a_continuation_with_the_behavior_readout_trains_its_head_first(main_run
         prompt_mix=0.5,
         sample_guidance=3.0,
     )
+    # it starts from a checkpoint whose DiT was trained on one more phrasing than the world has
+    earlier = tmp_path / "earlier"
+    shutil.copytree(main_run[1], earlier)
+    spec = json.loads((earlier / "sampling.json").read_text())
+    spec[TRAINED_KEY]["face"].append("wrinkles the nose, amused")
+    (earlier / "sampling.json").write_text(json.dumps(spec))
     cfg = _continuation(main_run, tmp_path, "readout", eval_seconds=0.0, **flags)
-    result = run_pipeline(replace(cfg, teacher_eval_seconds=0.0))
+    result = run_pipeline(replace(cfg, teacher_eval_seconds=0.0, init_from=str(earlier)))
     # the checkpoint names the world's training phrasings as its prompt anchors
     sampling = load_checkpoint(tmp_path / "readout_ckpt").sampling
     assert sampling["prompt_anchors"] == {"temperature": 0.0, "prompts": bh.training_phrasings()}
+    # and records them as trained on, with the one its DiT had learned before
+    world = bh.training_phrasings()
+    assert sampling[TRAINED_KEY] == {**world, "face": world["face"] + ["wrinkles the nose, amused"]}
     # sampled at its own guidance, where the teacher's (`guidance`) stays 2.0
     assert sampling["guidance"] == 3.0 and result["config"]["guidance"] == 2.0
     head = result["behavior_head"]

@@ -18,10 +18,13 @@ from flowact.renderer.training import world
 from flowact.renderer.training.behavior_metrics import confusion_hits
 from flowact.renderer.training.evaluate import EvalConfig, lipsync_bands, run_eval
 from flowact.renderer.training.export import (
+    TRAINED_KEY,
     Bundle,
     checkpoint_bytes,
     export_checkpoint,
     load_checkpoint,
+    phrasings_record,
+    trained_phrasings,
 )
 from flowact.renderer.training.probe import (
     PoseProbe,
@@ -36,7 +39,7 @@ from flowact.renderer.training.report import (
     plot_channels,
     plot_comparison,
 )
-from flowact.renderer.weights import read_index
+from flowact.renderer.weights import read_index, read_sampling
 from flowact.schemas import timebase as tb
 
 DEMO = Path(__file__).resolve().parents[2] / "checkpoints" / "demo"
@@ -649,3 +652,59 @@ def test_training_phrasings_give_the_same_behaviors_at_the_same_times():
     assert np.array_equal(streams["heldout"].controls, streams["train"].controls)
     with pytest.raises(ValueError, match="prompts must be 'heldout' or 'train', not 'both'"):
         ev.make_streams(EvalConfig(seconds=1.0, identities=1, prompts="both"), bank)
+
+
+def test_training_phrasings_come_from_those_the_checkpoint_was_trained_on():
+    from flowact.renderer.training import evaluate as ev
+    from flowact.renderer.training import speech
+
+    rng = np.random.default_rng(0)
+    bank = [speech.syllable_speech(2.0, rng) for _ in range(2)]
+    texts, train, heldout = bh.prompt_table()
+    # a checkpoint that trained on each behavior's first two phrasings alone
+    trained = frozenset(texts[i] for ids in train.values() for i in ids[:2])
+    cfg = EvalConfig(seconds=60.0, identities=2, prompts="train")
+    every, only = ev.make_streams(cfg, bank), ev.make_streams(cfg, bank, trained)
+    drawn = set()
+    for a, b in zip(every.timeline, only.timeline, strict=True):
+        assert np.array_equal(a.behavior, b.behavior)
+        drawn |= {texts[i] for i in np.unique(b.prompt) if i >= 0}
+    assert np.array_equal(every.controls, only.controls)
+    assert drawn <= trained and len(drawn) > len(bh.BEHAVIORS)
+    unseen = {texts[i] for t in every.timeline for i in np.unique(t.prompt) if i >= 0} - trained
+    assert unseen  # with no record, phrasings it never saw come in
+    # the held-out phrasings read as before, once none of them was trained on
+    held = EvalConfig(seconds=60.0, identities=2)
+    assert np.array_equal(
+        ev.make_streams(held, bank).timeline[0].prompt,
+        ev.make_streams(held, bank, trained).timeline[0].prompt,
+    )
+    smile = bh.BEHAVIOR_INDEX["smile"]
+    with pytest.raises(ValueError, match="none of the training phrasings of smile is among"):
+        ev.make_streams(cfg, bank, trained - {texts[i] for i in train[smile]})
+    leak = trained | {texts[heldout[smile][0]]}
+    with pytest.raises(ValueError, match="1 held-out phrasings are among those trained on"):
+        ev.make_streams(held, bank, leak)
+
+
+def test_a_checkpoint_records_the_phrasings_it_was_trained_on():
+    earlier = {"face": ["grins", "smiles"]}  # the record of the checkpoint it started from
+    record = phrasings_record({"face": ["smiles"], "gaze": ["looks up"]}, earlier)
+    assert record == {"face": ["smiles", "grins"], "gaze": ["looks up"]}
+    assert phrasings_record({"face": ["smiles"]}) == {"face": ["smiles"]}
+    assert trained_phrasings({TRAINED_KEY: record}) == {"smiles", "grins", "looks up"}
+    assert trained_phrasings({"guidance": 2.5}) is None  # exported before the record was kept
+    for bad in ({"face": "smiles"}, ["smiles"], {"face": [1]}):
+        with pytest.raises(ValueError, match="trained_phrasings must map behavior channels"):
+            trained_phrasings({TRAINED_KEY: bad})
+
+
+@pytest.mark.skipif(not (DEMO / "index.json").is_file(), reason="no shipped demo checkpoint")
+def test_the_shipped_checkpoint_never_trained_on_a_held_out_phrasing():
+    texts, train, heldout = bh.prompt_table()
+    trained = trained_phrasings(read_sampling(DEMO))
+    assert trained is not None
+    assert trained <= {texts[i] for ids in train.values() for i in ids}
+    assert not trained & {texts[i] for ids in heldout.values() for i in ids}
+    # and each behavior can be asked for in words it was trained on
+    assert all(any(texts[i] in trained for i in ids) for ids in train.values())
