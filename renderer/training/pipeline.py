@@ -50,6 +50,7 @@ from flowact.renderer.presets import get_preset
 from flowact.renderer.training import behaviors as bh
 from flowact.renderer.training import data as data_mod
 from flowact.renderer.training import footage, speech
+from flowact.renderer.training.base import ClipSource
 from flowact.renderer.training.behavior_readout import BehaviorHeadConfig, behavior_head
 from flowact.renderer.training.common import EMA, pick_device
 from flowact.renderer.training.distill import DistillConfig, train_distill
@@ -217,6 +218,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     table = torch.load(data_dir / "text_table.pt", map_location="cpu").to(device)
     size = (get_preset(cfg.preset).height, get_preset(cfg.preset).width)
     source = clip_source(data_dir, size)
+    trained = trained_record(cfg, source)
     eval_bank = take_data(data_dir, work) if source.ground_truth else None
     if not source.ground_truth:
         summary["footage"] = footage.footage_summary(data_dir)
@@ -325,7 +327,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     if cfg.stage3_seconds <= 0:
         if source.ground_truth:
             summary["eval"] = _evaluate(
-                cfg, None, teacher, vae, encoder, probe, table, work, eval_bank
+                cfg, None, teacher, vae, encoder, probe, table, work, eval_bank, trained
             )
         save_summary()
         return summary
@@ -351,9 +353,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         "refine_every": cfg.refine_every,
         "text_encoder": "auto",
     }
-    # a DiT from init_from was trained on that checkpoint's phrasings too
-    earlier = read_sampling(cfg.init_from).get(TRAINED_KEY) if cfg.init_dit else None
-    sampling[TRAINED_KEY] = phrasings_record(source.training_phrasings(), earlier)
+    sampling[TRAINED_KEY] = trained
     if cfg.anchor_temperature is not None:
         sampling[SPEC_KEY] = anchor_spec(source.training_phrasings(), cfg.anchor_temperature)
     final = student_ema.model
@@ -387,7 +387,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     # evaluation runs once distillation is complete, whatever is left of this piece's deadline
     if done and source.ground_truth:
         summary["eval"] = _evaluate(
-            cfg, final, teacher, vae, encoder, probe, table, work, eval_bank, before_dmd
+            cfg, final, teacher, vae, encoder, probe, table, work, eval_bank, trained, before_dmd
         )
     save_summary()
     return summary
@@ -408,12 +408,20 @@ def before_dmd_path(checkpoint: str) -> str:
     return f"{checkpoint.rstrip('/')}_before_dmd"
 
 
+def trained_record(cfg: PipelineConfig, source: ClipSource) -> dict[str, list[str]]:
+    """The phrasings this run's DiT is trained on (`export.TRAINED_KEY`): the clip source's,
+    and those a DiT from `init_from` had learned before."""
+    earlier = read_sampling(cfg.init_from).get(TRAINED_KEY) if cfg.init_dit else None
+    return phrasings_record(source.training_phrasings(), earlier)
+
+
 def _evaluate(
-    cfg, student, teacher, vae, encoder, probe, table, work, eval_bank, before_dmd=None
+    cfg, student, teacher, vae, encoder, probe, table, work, eval_bank, trained, before_dmd=None
 ) -> dict:
     """The distilled student with and without memory refinement, the step-distilled student
     before DMD where DMD ran (with refinement), and the teacher; `student` None evaluates the
-    teacher alone. A run given 0 seconds (`eval_seconds`, `teacher_eval_seconds`) is left out."""
+    teacher alone. A run given 0 seconds (`eval_seconds`, `teacher_eval_seconds`) is left out.
+    Each is read as its checkpoint will be, with the record of what it was `trained` on."""
     results = {}
     base = EvalConfig(
         seconds=cfg.eval_seconds,
@@ -441,7 +449,8 @@ def _evaluate(
         if ecfg.seconds <= 0:
             continue
         t0 = time.monotonic()
-        bundle = Bundle(model.config, model, vae, encoder, probe, {"shift": 3.0, **sampling})
+        read_as = {"shift": 3.0, TRAINED_KEY: trained, **sampling}
+        bundle = Bundle(model.config, model, vae, encoder, probe, read_as)
         report = run_eval(bundle, work / "eval" / name, ecfg, probe, text_table=table)
         results[name] = {
             "overall": report.overall,
