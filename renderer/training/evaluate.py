@@ -508,6 +508,9 @@ def run_eval(
     for c, reading, through, out in zip(configs, readings, vae, dirs, strict=True):
         report = compute_report(reading, c)
         report.vae = through
+        # how many phrasings the checkpoint records as trained on (None: no record, so a
+        # `--prompts train` reading drew from all the world's)
+        report.config["trained_phrasings"] = None if trained is None else len(trained)
         for channel, features in report.probe_error.items():
             for name, f in features.items():
                 if f["error"] > f["scale"]:

@@ -174,8 +174,14 @@ def test_run_eval_writes_a_table_and_reports(tmp_path):
     cfg = EvalConfig(
         seconds=3.0, identities=2, bin_seconds=1.0, speech_bank=str(bank_path), film_seconds=(0.5,)
     )
+    bundle = _tiny_bundle(probe)
+    bundle.sampling[TRAINED_KEY] = bh.training_phrasings()  # the record a run writes
     with structlog.testing.capture_logs() as logs:
-        report = run_eval(_tiny_bundle(probe), tmp_path / "eval", cfg)
+        report = run_eval(bundle, tmp_path / "eval", cfg)
+    # the report says how many phrasings the checkpoint was trained on
+    trained = sum(len(b.prompts) for b in bh.BEHAVIORS)
+    assert report.config["trained_phrasings"] == trained
+    assert EvalReport.load(tmp_path / "eval").config["trained_phrasings"] == trained
     # an untrained probe errs beyond some of the classifier's scales, and the run says which
     beyond = {
         (channel, name)
@@ -276,6 +282,7 @@ def test_run_eval_reads_the_same_frames_with_another_probe(tmp_path):
     # the two probes read the frames differently, and each report says which read it
     assert json.dumps(read.overall) != json.dumps(both.overall)
     assert read.config["probe"] == "ckpts/other" and both.config["probe"] is None
+    assert read.config["trained_phrasings"] is None  # this checkpoint keeps no record
     assert (tmp_path / "both" / "probe-other" / "behavior.png").stat().st_size > 0
     with pytest.raises(ValueError, match="share a folder"):
         run_eval(bundle, tmp_path / "clash", cfg, also={"a/other": other, "b/other": mine})
