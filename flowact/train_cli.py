@@ -283,11 +283,19 @@ def compare(
             "--vae-seconds`), the ceiling of its latent space, not from its generated frames."
         ),
     ] = False,
+    phrasings: Annotated[
+        bool,
+        typer.Option(
+            help="Also a table of how often each phrasing of each command was followed, run by "
+            "run, beside the first run's ground truth."
+        ),
+    ] = False,
 ) -> None:
     """Evaluation reports of several runs side by side: a table and one plot over stream time."""
     from flowact.renderer.training.report import (
         EvalReport,
         compare_table,
+        phrasing_table,
         plot_channels,
         plot_comparison,
         plot_feature_levels,
@@ -319,6 +327,12 @@ def compare(
                 f"no behavior_features in {', '.join(lacking)} (written before they were measured)",
                 param_hint="--features",
             )
+    by_phrasing = None
+    if phrasings:
+        try:
+            by_phrasing = phrasing_table(reports)
+        except ValueError as err:
+            raise typer.BadParameter(str(err), param_hint="--phrasings") from None
     typer.echo(compare_table(reports))
     typer.echo(f"plot in {plot_comparison(reports, metric, out)}")
     if channels is not None:
@@ -331,3 +345,5 @@ def compare(
         series = {"prototype": first["prototype"], "ground truth": first["ground_truth"]}
         series |= {name: r.behavior_features["generated"] for name, r in reports.items()}
         typer.echo(f"features in {plot_feature_levels(series, features)}")
+    if by_phrasing is not None:
+        typer.echo(by_phrasing)

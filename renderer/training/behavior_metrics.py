@@ -2,8 +2,9 @@
 stream inside one commanded segment and past its ramp (`steady_windows`), what each was
 classified as (`behaviors.classify` on the probe's controls), and from them the accuracy, the
 confusion, how soon commands are followed and how long finished ones linger, and where the
-classifier's features sat in each commanded behavior's windows (`feature_levels_from`); beside
-them, the probe's own error where the classifier looks (`probe_error`). `evaluate.py` makes the
+classifier's features sat in each commanded behavior's windows (`feature_levels_from`) and how
+often each phrasing of a command was followed (`phrasing_reads_from`); beside them, the probe's
+own error where the classifier looks (`probe_error`). `evaluate.py` makes the
 streams and reads them; this module holds the measures."""
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ def behavior_name(b: int) -> str:
 
 class Window(NamedTuple):
     """One channel's windows at one start that `steady_windows` keeps: which of the `[B]`
-    streams qualify, and for those n what was commanded, what the classifier read, and the
-    features it read that from."""
+    streams qualify, and for those n what was commanded and in which phrasing, what the
+    classifier read, and the features it read that from."""
 
     channel: str
     start: int
@@ -32,13 +33,21 @@ class Window(NamedTuple):
     commanded: np.ndarray  # [n] behavior id, -1 idle
     classified: np.ndarray  # [n]
     features: np.ndarray  # [n, features] `behaviors.window_features`
+    # [n] the prompt id (`behaviors.prompt_table`) in force over the whole window; -1 where
+    # none is, where it changes inside the window, or where no prompts were given
+    phrasing: np.ndarray
 
 
 def steady_windows(
-    controls: np.ndarray, behavior: np.ndarray, window: int, protos: dict[str, np.ndarray]
+    controls: np.ndarray,
+    behavior: np.ndarray,
+    window: int,
+    protos: dict[str, np.ndarray],
+    prompt: np.ndarray | None = None,
 ) -> Iterator[Window]:
     """The windows every behavior metric reads: per channel and window start, those inside one
-    commanded segment and past its ramp, classified (`behaviors.classify`)."""
+    commanded segment and past its ramp, classified (`behaviors.classify`). `prompt`
+    `[B, T, channels]`, the commanded prompt ids, names each window's phrasing."""
     ramp = int(bh.RAMP_SECONDS * FPS) + 2
     t = controls.shape[1]
     for ch, channel in enumerate(bh.BEHAVIOR_CHANNELS):
@@ -49,7 +58,11 @@ def steady_windows(
                 continue
             feats = bh.window_features(controls[steady, start : start + window], channel)
             pred = bh.classify_features(feats, channel, protos)
-            yield Window(channel, start, steady, span[steady, 0], pred, feats)
+            phrasing = np.full(int(steady.sum()), -1, np.int64)
+            if prompt is not None:
+                ids = prompt[steady, start : start + window, ch]  # [n, w]
+                phrasing = np.where((ids == ids[:, :1]).all(1), ids[:, 0], -1)
+            yield Window(channel, start, steady, span[steady, 0], pred, feats, phrasing)
 
 
 def behavior_confusion(
@@ -92,6 +105,26 @@ def feature_levels_from(windows: Iterable[Window]) -> dict[str, dict[str, dict[s
             b: {"windows": n, **dict(zip(names, (total / n).tolist(), strict=True))}
             for b, (n, total) in rows.items()
         }
+    return out
+
+
+def phrasing_reads_from(windows: Iterable[Window]) -> dict[str, dict[str, dict[str, dict]]]:
+    """How often each phrasing of a command was read as that command: channel -> commanded
+    behavior -> phrasing -> {"windows": n, "read": those classified as commanded}. Windows
+    with no single phrasing (`Window.phrasing` -1) are left out. Two phrasings of one behavior
+    can fare far apart: the text encoder may place one nearer another behavior's prompts."""
+    texts = bh.prompt_table()[0]
+    out: dict[str, dict[str, dict[str, dict]]] = {}
+    for w in windows:
+        for b, got, p in zip(
+            w.commanded.tolist(), w.classified.tolist(), w.phrasing.tolist(), strict=True
+        ):
+            if b < 0 or p < 0:
+                continue
+            rows = out.setdefault(w.channel, {}).setdefault(behavior_name(b), {})
+            cell = rows.setdefault(texts[p], {"windows": 0, "read": 0})
+            cell["windows"] += 1
+            cell["read"] += int(got == b)
     return out
 
 

@@ -45,6 +45,7 @@ from flowact.renderer.training.behavior_metrics import (
     confusion_accuracy,
     confusion_from,
     feature_levels_from,
+    phrasing_reads_from,
     probe_error,
     prototype_levels,
     steady_windows,
@@ -103,6 +104,7 @@ class StreamReadings:
     gt_identity: np.ndarray
     ref_identity: np.ndarray  # [B, D]
     behavior: np.ndarray  # [B, T, channels] commanded
+    prompt: np.ndarray  # [B, T, channels] the commanded phrasing (`behaviors.prompt_table` id)
     truth: np.ndarray  # [B, T, K] the world's controls the ground truth drew
     seam: list[float] = field(default_factory=list)  # per chunk: boundary change / inner change
     film: list[np.ndarray] = field(default_factory=list)
@@ -279,6 +281,7 @@ def generate_and_read(
         if k in film_chunks:
             film.append(torch.cat([frames[:, 0], truth[:, 0]], -1).cpu().numpy())
     behavior = np.stack([t.behavior for t in streams.timeline])
+    prompt = np.stack([t.prompt for t in streams.timeline])
     mouth = np.stack([speech.mouth_from_pcm(p) for p in streams.pcm])
     readings = []
     for probe, read in zip(probes, out, strict=True):
@@ -292,6 +295,7 @@ def generate_and_read(
                 cat["gt_i"],
                 read_frames(probe, ref_frame).identity[:, 0].cpu().numpy(),
                 behavior,
+                prompt,
                 streams.controls,
                 seams,
                 film,
@@ -432,7 +436,7 @@ def compute_report(r: StreamReadings, cfg: EvalConfig) -> EvalReport:
     }
     # every window classified once per kind, read by the confusion and by the onset
     windows = {
-        kind: list(steady_windows(c, r.behavior, cfg.window, protos))
+        kind: list(steady_windows(c, r.behavior, cfg.window, protos, r.prompt))
         for kind, c in (("generated", r.gen_controls), ("ground_truth", r.gt_controls))
     }
     confusion = {kind: confusion_from(w) for kind, w in windows.items()}
@@ -453,6 +457,7 @@ def compute_report(r: StreamReadings, cfg: EvalConfig) -> EvalReport:
             **{kind: feature_levels_from(w) for kind, w in windows.items()},
             "prototype": prototype_levels(protos),
         },
+        behavior_phrasings={kind: phrasing_reads_from(w) for kind, w in windows.items()},
     )
 
 

@@ -48,6 +48,10 @@ class EvalReport:
     # (`feature_levels_from`; empty in reports written before it was measured): {"generated",
     # "ground_truth", "prototype"} -> channel -> behavior -> feature -> mean (and "windows")
     behavior_features: dict[str, dict] = field(default_factory=dict)
+    # how often each phrasing of a command was followed (`phrasing_reads_from`; empty in
+    # reports written before it was measured): {"generated", "ground_truth"} -> channel ->
+    # behavior -> phrasing -> {"windows", "read"}
+    behavior_phrasings: dict[str, dict] = field(default_factory=dict)
 
     def table(self) -> str:
         columns = ["metric", "generated", "ground truth"]
@@ -82,6 +86,11 @@ class EvalReport:
                 )
             ]
             rows.append(f"\nLip-sync at the latent rate / within latents: {', '.join(cells)}")
+        least = sorted(_phrasing_cells(self, "generated").items(), key=lambda kv: _share(kv[1]))
+        if least:
+            cells = [f"{b}: {p!r} {c['read']}/{c['windows']}" for (b, p), c in least[:LEAST]]
+            lead = "\nPhrasings followed least (windows read as commanded): "
+            rows.append(lead + "; ".join(cells))
         return "\n".join(rows)
 
     def to_json(self) -> str:
@@ -121,6 +130,51 @@ def compare_table(reports: dict[str, EvalReport]) -> str:
         means.append(_drift_mean(first, start, end, "ground_truth"))
         cells = ["" if v is None else f"{v:.3f}" for v in means]
         rows.append(f"| drift, min {start}-{end} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+LEAST = 3  # phrasings `EvalReport.table` names as followed least
+
+
+def _phrasing_cells(report: EvalReport, kind: str) -> dict[tuple[str, str], dict[str, int]]:
+    """`report.behavior_phrasings[kind]` flattened: (behavior, phrasing) -> {"windows", "read"}."""
+    return {
+        (behavior, phrasing): cell
+        for rows in report.behavior_phrasings.get(kind, {}).values()
+        for behavior, cells in rows.items()
+        for phrasing, cell in cells.items()
+    }
+
+
+def _share(cell: dict[str, int]) -> float:
+    return cell["read"] / cell["windows"]
+
+
+def phrasing_table(reports: dict[str, EvalReport]) -> str:
+    """Per commanded behavior and phrasing, the windows each run read as commanded, with the
+    first run's ground truth: where two runs differ, which phrasings moved. A run that did not
+    draw a phrasing has an empty cell. Raises `ValueError` naming runs whose reports predate
+    the measure."""
+    lacking = [name for name, r in reports.items() if not r.behavior_phrasings]
+    if lacking:
+        raise ValueError(
+            f"no behavior_phrasings in {', '.join(lacking)} (written before they were measured)"
+        )
+    cells = {name: _phrasing_cells(r, "generated") for name, r in reports.items()}
+    truth = _phrasing_cells(next(iter(reports.values())), "ground_truth")
+    keys = sorted({k for c in cells.values() for k in c})
+    rows = [
+        "| behavior | phrasing | " + " | ".join(reports) + " | ground truth |",
+        "|" + " --- |" * (len(reports) + 3),
+    ]
+
+    def show(cell: dict[str, int] | None) -> str:
+        return "" if cell is None else f"{cell['read']}/{cell['windows']}"
+
+    for behavior, phrasing in keys:
+        row = [show(c.get((behavior, phrasing))) for c in cells.values()]
+        row.append(show(truth.get((behavior, phrasing))))
+        rows.append(f"| {behavior} | {phrasing} | " + " | ".join(row) + " |")
     return "\n".join(rows)
 
 

@@ -226,6 +226,23 @@ def test_run_eval_writes_a_table_and_reports(tmp_path):
         assert {b: r["windows"] for b, r in rows.items()} == {
             b: sum(row.values()) for b, row in table.items() if sum(row.values())
         }
+    # how often each phrasing was followed: held-out phrasings, each under its own behavior
+    texts, _, heldout = bh.prompt_table()
+    assert set(report.behavior_phrasings) == {"generated", "ground_truth"}
+    assert loaded.behavior_phrasings == report.behavior_phrasings
+    asked = {
+        (name, phrasing)
+        for rows in report.behavior_phrasings["generated"].values()
+        for name, cells in rows.items()
+        for phrasing in cells
+    }
+    assert asked and all(
+        phrasing in {texts[i] for i in heldout[bh.BEHAVIOR_INDEX[name]]} for name, phrasing in asked
+    )
+    assert (
+        "Phrasings followed least (windows read as commanded): "
+        in (tmp_path / "eval" / "report.md").read_text()
+    )
     assert str(loaded.behavior_onset) == str(report.behavior_onset)  # NaN: an empty bin
     onset = report.behavior_onset["generated"]
     assert len(onset["seconds"]) == len(onset["accuracy"]) == len(onset["windows"]) == 5
@@ -390,6 +407,50 @@ def test_feature_levels_show_how_far_a_missed_behavior_fell_short():
     assert table["spread"] > table["raise_both"]  # read as arms spread, two thirds up
     # other behaviors' windows keep their levels
     assert missed["gesture"]["wave"] == pytest.approx(truth["gesture"]["wave"])
+
+
+def test_phrasing_reads_tell_a_phrasing_that_is_not_followed_from_one_that_is():
+    from flowact.renderer.training.behavior_metrics import (
+        behavior_confusion,
+        phrasing_reads_from,
+        steady_windows,
+    )
+
+    rng = np.random.default_rng(1)
+    frames, window = 60 * tb.FRAMES_PER_CHUNK, 2 * tb.FRAMES_PER_CHUNK
+    cfg = bh.TimelineConfig(3, 5, idle_prob=0.25, heldout=True)
+    timelines = [bh.sample_timeline(frames, rng, cfg) for _ in range(3)]
+    controls = np.stack([bh.controls_for(t, np.zeros(frames, np.float32), rng) for t in timelines])
+    behavior = np.stack([t.behavior for t in timelines])
+    prompt = np.stack([t.prompt for t in timelines])
+    protos = bh.prototypes()
+    texts, _, heldout = bh.prompt_table()
+    raise_both = bh.BEHAVIOR_INDEX["raise_both"]
+    ignored, followed = (texts[i] for i in heldout[raise_both])
+    # arms that stop two thirds of the way up whenever one of the two phrasings asks
+    short = controls.copy()
+    asked = prompt[..., bh.BEHAVIOR_CHANNELS.index("gesture")] == heldout[raise_both][0]
+    assert asked.any()
+    for arm in ("l_raise", "r_raise"):
+        short[..., bh.C[arm]] = np.where(
+            asked, controls[..., bh.C[arm]] * 0.65, controls[..., bh.C[arm]]
+        )
+    reads = phrasing_reads_from(steady_windows(short, behavior, window, protos, prompt))
+    rows = reads["gesture"]["raise_both"]
+    assert set(rows) == {ignored, followed}
+    assert rows[ignored]["windows"] > 0 and rows[ignored]["read"] == 0
+    assert rows[followed]["read"] == rows[followed]["windows"] > 0
+    # every phrasing is one the streams asked for, under its own behavior, and the windows
+    # are the confusion's but for those whose phrasing changes inside them
+    for channel, by_behavior in reads.items():
+        table = behavior_confusion(short, behavior, window, protos)[channel]
+        for name, cells in by_behavior.items():
+            b = bh.BEHAVIOR_INDEX[name]
+            assert set(cells) <= {texts[i] for i in heldout[b]}
+            assert 0 < sum(c["windows"] for c in cells.values()) <= sum(table[name].values())
+            assert sum(c["read"] for c in cells.values()) <= table[name][name]
+    # without the prompts there is nothing to tell phrasings by
+    assert phrasing_reads_from(steady_windows(short, behavior, window, protos)) == {}
 
 
 def test_a_late_response_reads_low_right_after_the_command_and_catches_up():
@@ -627,6 +688,18 @@ def test_compare_command_prints_the_table_and_names_bad_runs(tmp_path):
     drawn = compare("a=a", "--out", "c.png", "--features", "f.png")
     assert drawn.returncode == 0, drawn.stderr
     assert "features in f.png" in drawn.stdout and (tmp_path / "f.png").stat().st_size > 0
+    # nor by phrasing, which reports written before it lack
+    no_phrasings = compare("a=a", "b=b", "--phrasings")
+    assert no_phrasings.returncode == 2 and "no behavior_phrasings in a, b" in no_phrasings.stderr
+    cell = {"windows": 4, "read": 3}
+    report.behavior_phrasings = {
+        kind: {"gesture": {"wave": {"greets with a waving hand": dict(cell)}}}
+        for kind in ("generated", "ground_truth")
+    }
+    (tmp_path / "a" / "report.json").write_text(report.to_json())
+    by_phrasing = compare("a=a", "--phrasings")
+    assert by_phrasing.returncode == 0, by_phrasing.stderr
+    assert "| wave | greets with a waving hand | 3/4 | 3/4 |" in by_phrasing.stdout
     # a run may not take the name of the plot's own series
     clash = compare("prototype=a", "--features", "g.png")
     assert clash.returncode == 2 and "rename the run" in clash.stderr
