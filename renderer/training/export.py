@@ -8,12 +8,16 @@ modules' dtype on load, so the renderer loads it like any other checkpoint.
 
 `combine_checkpoints` writes one checkpoint with the VAE of another that shares its latent
 space (same encoder, same latent statistics), and / or another's probe: one run's DiT with
-another run's decoder and instrument.
+another run's decoder and instrument. It can also blend the DiT and audio encoder with
+another's of the same latent space, weight by weight (`--blend-from`, `--blend`): two runs of
+one lineage, say a checkpoint and its continuation, averaged.
 
     python -m flowact.renderer.training.export --base out/ckpt5 --vae-from checkpoints/demo \
         --out out/ckpt5_vae
     python -m flowact.renderer.training.export --base out/ckpt6 --vae-from out/refit \
         --probe-from out/refit --out out/ckpt6_refit
+    python -m flowact.renderer.training.export --base checkpoints/demo --blend-from out/ckpt20 \
+        --blend 0.5 --out out/blend
 """
 
 from __future__ import annotations
@@ -154,25 +158,60 @@ def combine_checkpoints(
     out: str | Path,
     vae_from: str | Path | None = None,
     probe_from: str | Path | None = None,
+    blend_from: str | Path | None = None,
+    blend: float = 0.5,
 ) -> Path:
-    """`base` with the VAE of `vae_from` and / or the probe of `probe_from`, written to `out`
-    (with `base`'s sampling and, where `base` has none, a source's reference frame). The DiT of
-    `base` was trained on its VAE's latents, so only a VAE with the same encoder and latent
-    statistics is taken: one whose decoder alone differs. Raises `ValueError` naming what
-    differs, or what is missing."""
-    if vae_from is None and probe_from is None:
-        raise ValueError("nothing to combine: give vae_from, probe_from or both")
+    """`base` with the VAE of `vae_from` and / or the probe of `probe_from`, and / or its DiT
+    and audio encoder blended with those of `blend_from` (`blend_modules`, `blend` of the
+    other's), written to `out` (with `base`'s sampling, whose record of what was trained on
+    gains the other's where blended, and, where `base` has none, a source's reference frame).
+    The DiT of `base` was trained on its VAE's latents, so only a VAE with the same encoder and
+    latent statistics is taken: one whose decoder alone differs, and only a DiT trained in that
+    latent space is blended. Raises `ValueError` naming what differs, or what is missing."""
+    if vae_from is None and probe_from is None and blend_from is None:
+        raise ValueError("nothing to combine: give vae_from, probe_from, blend_from or more")
     first = load_checkpoint(base)
-    vae, probe = first.vae, first.probe
+    vae, probe, sampling = first.vae, first.probe, dict(first.sampling)
     if vae_from is not None:
         vae = _same_latent_space(first.vae, load_checkpoint(vae_from).vae, base, vae_from)
     if probe_from is not None:
         probe = load_checkpoint(probe_from).probe
         if probe is None:
             raise ValueError(f"{probe_from} holds no probe")
-    directory = export_checkpoint(out, first.model, vae, first.audio, probe, first.sampling)
+    if blend_from is not None:
+        other = load_checkpoint(blend_from)
+        _same_latent_space(first.vae, other.vae, base, blend_from)
+        blend_modules(first.model, other.model, blend, f"{blend_from}'s DiT")
+        blend_modules(first.audio, other.audio, blend, f"{blend_from}'s audio encoder")
+        records = [trained_phrasings(b.sampling) for b in (first, other)]
+        if None not in records:
+            sampling[TRAINED_KEY] = phrasings_record(
+                sampling[TRAINED_KEY], other.sampling[TRAINED_KEY]
+            )
+        else:  # one of them does not say what it was trained on, so neither can the blend
+            sampling.pop(TRAINED_KEY, None)
+    directory = export_checkpoint(out, first.model, vae, first.audio, probe, sampling)
     copy_reference(directory, base, vae_from, probe_from)
     return directory
+
+
+def blend_modules(mine: nn.Module, theirs: nn.Module, weight: float, name: str) -> None:
+    """Move `mine`'s floating-point weights `weight` of the way to `theirs` (0 keeps mine, 1
+    takes theirs), in float32. Raises `ValueError` where the two are not one architecture
+    (`name` says whose is other) or `weight` lies outside [0, 1]."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"blend must lie in [0, 1], not {weight}")
+    a, b = mine.state_dict(), theirs.state_dict()
+    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+        raise ValueError(f"{name} is a different architecture")
+    mine.load_state_dict(
+        {
+            k: (v.float() * (1 - weight) + b[k].float() * weight).to(v.dtype)
+            if v.is_floating_point()
+            else v
+            for k, v in a.items()
+        }
+    )
 
 
 def copy_reference(directory: Path, *sources: str | Path | None) -> None:
@@ -204,15 +243,27 @@ def _same_latent_space(mine_vae, their_vae, base, vae_from) -> vae_mod.CausalVid
 def main() -> None:
     parser = argparse.ArgumentParser(
         description="Write one checkpoint's DiT and audio encoder with another's VAE (the same "
-        "latent space, another decoder) and / or another's probe."
+        "latent space, another decoder) and / or another's probe, or blended with another's DiT "
+        "and audio encoder of the same latent space."
     )
     parser.add_argument("--base", required=True, help="checkpoint whose DiT and audio encoder")
     parser.add_argument("--vae-from", help="checkpoint whose VAE (default: the base's)")
     parser.add_argument("--probe-from", help="checkpoint whose probe (default: the base's)")
+    parser.add_argument(
+        "--blend-from", help="checkpoint whose DiT and audio encoder to blend the base's with"
+    )
+    parser.add_argument(
+        "--blend",
+        type=float,
+        default=0.5,
+        help="how far toward --blend-from's weights, 0 to 1 (default: 0.5, the mean)",
+    )
     parser.add_argument("--out", required=True, help="directory to write")
     args = parser.parse_args()
     try:
-        combine_checkpoints(args.base, args.out, args.vae_from, args.probe_from)
+        combine_checkpoints(
+            args.base, args.out, args.vae_from, args.probe_from, args.blend_from, args.blend
+        )
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
     print(f"wrote {args.out}")  # noqa: T201

@@ -24,6 +24,7 @@ from flowact.renderer.training.export import (
     combine_checkpoints,
     export_checkpoint,
     load_checkpoint,
+    trained_phrasings,
 )
 from flowact.renderer.training.pipeline import PipelineConfig, run_pipeline
 from flowact.renderer.training.pipeline import main as pipeline_main
@@ -482,6 +483,88 @@ def test_a_checkpoint_takes_the_probe_of_another(main_run, tmp_path):
         combine_checkpoints(ckpt, tmp_path / "bad", probe_from=tmp_path / "bare")
     with pytest.raises(ValueError, match="nothing to combine"):
         combine_checkpoints(ckpt, tmp_path / "bad")
+
+
+def test_a_checkpoint_blends_its_dit_with_another_of_its_latent_space(main_run, tmp_path):
+    _, ckpt, _ = main_run
+    base = load_checkpoint(ckpt)
+    other = load_checkpoint(ckpt)
+    with torch.no_grad():  # another run of the same lineage: every weight moved
+        for module in (other.model, other.audio):
+            for p in module.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+    other.sampling[TRAINED_KEY] = {"face": ["a phrasing only the other learned"]}
+    export_checkpoint(
+        tmp_path / "other", other.model, other.vae, other.audio, other.probe, other.sampling
+    )
+    other = load_checkpoint(tmp_path / "other")  # as shipped: bf16 where large
+    ends = {
+        w: load_checkpoint(
+            combine_checkpoints(ckpt, tmp_path / f"w{w}", blend_from=tmp_path / "other", blend=w)
+        )
+        for w in (0.0, 0.5, 1.0)
+    }
+    for module in ("model", "audio"):
+        mine, theirs = getattr(base, module).state_dict(), getattr(other, module).state_dict()
+        for name, value in getattr(ends[0.0], module).state_dict().items():
+            assert torch.equal(value, mine[name]), name
+        for name, value in getattr(ends[1.0], module).state_dict().items():
+            assert torch.equal(value, theirs[name]), name
+        half = getattr(ends[0.5], module).state_dict()
+        moved = [
+            n for n, v in mine.items() if v.is_floating_point() and not torch.equal(v, theirs[n])
+        ]
+        assert moved
+        for name in moved:  # the mean, to the shard's bf16
+            mean = (mine[name] + theirs[name]) / 2
+            assert torch.allclose(half[name], mean, rtol=1e-2, atol=1e-3), name
+            assert not torch.equal(half[name], mine[name]), name
+    # the VAE and the probe are the base's, and the record holds what both were trained on
+    for name, value in base.vae.state_dict().items():
+        assert torch.equal(ends[0.5].vae.state_dict()[name], value), name
+    for name, value in base.probe.state_dict().items():
+        assert torch.equal(ends[0.5].probe.state_dict()[name], value), name
+    record = ends[0.5].sampling[TRAINED_KEY]
+    assert record["face"][-1] == "a phrasing only the other learned"
+    assert trained_phrasings(ends[0.5].sampling) == trained_phrasings(base.sampling) | {
+        "a phrasing only the other learned"
+    }
+    # a blend with a checkpoint that does not say what it was trained on cannot say either
+    bare = dict(other.sampling)
+    del bare[TRAINED_KEY]
+    export_checkpoint(tmp_path / "bare", other.model, other.vae, other.audio, other.probe, bare)
+    unsaid = load_checkpoint(
+        combine_checkpoints(ckpt, tmp_path / "unsaid", blend_from=tmp_path / "bare")
+    )
+    assert TRAINED_KEY not in unsaid.sampling
+    # a DiT of another latent space is not blended, nor is a weight outside [0, 1]
+    with torch.no_grad():
+        next(other.vae.encoder.parameters()).add_(0.5)
+    export_checkpoint(tmp_path / "elsewhere", other.model, other.vae, other.audio)
+    with pytest.raises(ValueError, match=r"another latent space .* \(encoder\.\S+ differs"):
+        combine_checkpoints(ckpt, tmp_path / "bad", blend_from=tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match=r"blend must lie in \[0, 1\], not 1.5"):
+        combine_checkpoints(ckpt, tmp_path / "bad", blend_from=tmp_path / "other", blend=1.5)
+    assert not (tmp_path / "bad").exists()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flowact.renderer.training.export",
+            "--base",
+            str(ckpt),
+            "--blend-from",
+            str(tmp_path / "other"),
+            "--blend",
+            "-0.1",
+            "--out",
+            str(tmp_path / "bad"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "blend must lie in [0, 1], not -0.1" in done.stderr
 
 
 def test_a_refit_trains_the_decoder_and_probe_and_keeps_the_rest(main_run, tmp_path):
